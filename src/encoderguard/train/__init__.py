@@ -1,0 +1,9 @@
+"""SSL training (SimCLR, watermark co-training) and downstream probes."""
+
+from encoderguard.train.ntxent_loss import NTXentLoss
+from encoderguard.train.probe import ProbeResult, encode, probe_features, probe_model
+from encoderguard.train.simclr import SimCLRConfig, TrainResult, train_simclr
+from encoderguard.train.watermark_task import rotation_batch
+
+__all__ = ["NTXentLoss", "ProbeResult", "SimCLRConfig", "TrainResult", "encode", "probe_features", "probe_model",
+           "rotation_batch", "train_simclr"]

@@ -1,0 +1,78 @@
+"""``encoderguard train``: SimCLR-train an encoder on a dataset split and save a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from encoderguard.cli.common import add_data_dir, add_progress, non_negative_int, positive_int
+from encoderguard.cli.main import add_common
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("train", help="train an encoder with SimCLR (optionally watermarked)",
+                       description="Train an encoder with SimCLR on DATA (dataset[:split], split default "
+                                   "owner-train) and write DIR/model.safetensors + DIR/card.json. Resumes from "
+                                   "DIR/resume.safetensors after an interruption.")
+    p.add_argument("--data", default="fashion-mnist", help="dataset[:split] (default fashion-mnist:owner-train)")
+    p.add_argument("--preset", default="cpu", help="cpu (default), cpu-di (memorising victim for dataset "
+                   "inference) or gpu (ResNet-18); explicit flags override it")
+    p.add_argument("--arch", default=None, help="encoder architecture: convnet or resnet18")
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--train-size", type=positive_int, default=None, help="images of owner-train to use")
+    p.add_argument("--heldout-size", type=positive_int, default=None, help="size of owner-heldout (default: rest)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="training seed")
+    p.add_argument("--split-seed", type=non_negative_int, default=0, help="seed of the owner's data split")
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--augmentation", choices=("simclr", "weak"), default=None)
+    p.add_argument("--embed-dim", type=positive_int, default=None)
+    p.add_argument("--width", type=positive_int, default=None)
+    p.add_argument("--pool", choices=("avg", "flatten"), default=None, help="convnet output pooling")
+    p.add_argument("--watermark", action="store_true", help="train the secret rotation watermark jointly")
+    p.add_argument("--watermark-weight", type=float, default=1.0, help="weight of the watermark loss")
+    p.add_argument("--no-probe", action="store_true", help="skip the linear/kNN probe after training")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="output checkpoint directory")
+    add_data_dir(p)
+    add_progress(p)
+    add_common(p)
+    p.set_defaults(handler=sys.modules[__name__])
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from encoderguard.data.splits import SplitSpec, parse_data_spec
+    from encoderguard.train.presets import get_preset
+    from encoderguard.train.run import train_to_dir
+    from encoderguard.train.simclr import SimCLRConfig
+
+    preset = get_preset(args.preset)
+    dataset, split = parse_data_spec(args.data, default_split="owner-train")
+    arch = args.arch or preset["arch"]
+    arch_kwargs = dict(preset["arch_kwargs"]) if arch == preset["arch"] else {}
+    for flag, key in (("embed_dim", "embed_dim"), ("width", "width"), ("pool", "pool")):
+        if getattr(args, flag) is not None:
+            arch_kwargs[key] = getattr(args, flag)
+    train_size = args.train_size or preset["train_size"]
+    spec = SplitSpec(dataset, split, args.split_seed, train_size, args.heldout_size)
+    config = SimCLRConfig(
+        epochs=args.epochs or preset["epochs"], batch_size=args.batch_size or preset["batch_size"],
+        lr=args.lr if args.lr is not None else 1e-3,
+        temperature=args.temperature if args.temperature is not None else preset["temperature"],
+        augmentation=args.augmentation or preset["augmentation"], seed=args.seed,
+        watermark_weight=args.watermark_weight if args.watermark else 0.0)
+    return train_to_dir(data=spec, arch=arch, arch_kwargs=arch_kwargs, config=config, out_dir=args.out,
+                        data_dir=args.data_dir, probe=not args.no_probe, progress=not args.no_progress,
+                        device=args.device, preset=args.preset)
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [f"saved {result['out']} ({result['train_images']} images, {result['epochs']} epochs, "
+             f"{result['seconds']:.0f} s, final loss {result['final_loss']:.4f})"]
+    if "linear_acc" in result:
+        lines.append(f"linear probe {result['linear_acc']:.4f}  kNN {result['knn_acc']:.4f}")
+    if "watermark_acc" in result:
+        lines.append(f"watermark accuracy on held-out rotated images {result['watermark_acc']:.4f}")
+    return "\n".join(lines)

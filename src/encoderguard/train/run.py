@@ -1,0 +1,81 @@
+"""Train an encoder on a dataset split and write a checkpoint directory (the library side of ``train``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from encoderguard.data.image_set import ImageSet
+from encoderguard.data.splits import SplitSpec, load_split
+from encoderguard.models.card import ModelCard
+from encoderguard.models.checkpoint import CARD_FILE, save_checkpoint
+from encoderguard.models.registry import create_encoder
+from encoderguard.train.probe import encode, probe_model
+from encoderguard.train.progress import log
+from encoderguard.train.simclr import RESUME_FILE, SimCLRConfig, train_simclr
+from encoderguard.train.watermark_task import rotation_batch
+
+WATERMARK_EVAL_SIZE = 2000
+
+
+def watermark_accuracy(encoder: torch.nn.Module, head: torch.nn.Module, images: ImageSet, *, seed: int,
+                       limit: int | None = None) -> tuple[int, int]:
+    """``(correct, total)`` of ``head`` on ``encoder``'s representations of rotated ``images``."""
+    x = images.float() if limit is None else images.float(slice(0, limit))
+    rotated, labels = rotation_batch(x, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        head.eval()
+        pred = head(encode(encoder, rotated)).argmax(1)
+    return int((pred == labels).sum()), len(labels)
+
+
+def train_to_dir(*, data: SplitSpec, arch: str, arch_kwargs: dict[str, Any], config: SimCLRConfig,
+                 out_dir: str | Path, data_dir: str | None = None, probe: bool = True, progress: bool = True,
+                 device: str = "cpu", preset: str | None = None) -> dict[str, Any]:
+    """Train an encoder with SimCLR on ``data`` and save it (with its card) to ``out_dir``.
+
+    Resumes from ``out_dir/resume.safetensors`` when present. Returns a summary (also stored in the card).
+    """
+    out = Path(out_dir)
+    if (out / CARD_FILE).exists() and not (out / RESUME_FILE).exists():
+        raise FileExistsError(f"{out} already holds a trained model; choose another --out or delete it")
+    started = time.perf_counter()
+    images = load_split(data, data_dir=data_dir)
+    torch.manual_seed(config.seed)
+    kwargs = dict(arch_kwargs)
+    encoder = create_encoder(arch, input_shape=images.input_shape, **kwargs)
+    log(f"training {arch} on {images.name} ({len(images)} images, {config.epochs} epochs)")
+    out.mkdir(parents=True, exist_ok=True)
+    result = train_simclr(encoder, images, config, work_dir=out, progress=progress, device=device)
+    metrics: dict[str, Any] = {"final_loss": result.epoch_losses[-1], "train_seconds": None}
+    heads: dict[str, dict[str, Any]] = {"projector": {"hidden_dim": config.proj_hidden, "out_dim": config.proj_dim}}
+    watermark: dict[str, Any] | None = None
+    if result.watermark_head is not None:
+        heads["watermark_head"] = {"hidden_dim": config.watermark_hidden}
+        verify_seed = config.seed + 7919
+        heldout = load_split(data.with_split("owner-heldout"), data_dir=data_dir)
+        correct, total = watermark_accuracy(encoder, result.watermark_head, heldout, seed=verify_seed,
+                                            limit=WATERMARK_EVAL_SIZE)
+        watermark = {"task": "rotation-0-180-vs-180-360", "weight": config.watermark_weight,
+                     "train_acc": result.watermark_train_acc, "heldout_acc": correct / total,
+                     "heldout_n": total, "verify_split": "owner-heldout", "verify_seed": verify_seed}
+    if probe:
+        probe_result = probe_model(encoder, load_split(data.with_split("probe-train"), data_dir=data_dir),
+                                   load_split(data.with_split("probe-test"), data_dir=data_dir))
+        metrics.update(linear_acc=probe_result.linear_acc, knn_acc=probe_result.knn_acc)
+    seconds = time.perf_counter() - started
+    metrics["train_seconds"] = seconds
+    training = {"method": "simclr", "preset": preset, **config.to_dict(), "epoch_losses": result.epoch_losses}
+    card = ModelCard(arch=arch, arch_kwargs={}, input_shape=encoder.input_shape, embed_dim=encoder.embed_dim,
+                     data=data.to_dict(), training=training, metrics=metrics, heads=heads, watermark=watermark)
+    save_checkpoint(out, encoder=encoder, card=card, projector=result.projector,
+                    watermark_head=result.watermark_head)
+    (out / RESUME_FILE).unlink(missing_ok=True)
+    summary = {"out": str(out), "seconds": seconds, "train_images": len(images), "epochs": config.epochs,
+               "resumed_from_epoch": result.resumed_from_epoch, **metrics}
+    if watermark is not None:
+        summary["watermark_acc"] = watermark["heldout_acc"]
+    return summary
