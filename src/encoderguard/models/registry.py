@@ -17,9 +17,14 @@ def create_encoder(name: str, *, input_shape: tuple[int, int, int], **kwargs: An
     Raises:
         ValueError: unknown name (lists the choices) or bad settings.
     """
-    if name not in ENCODERS:
-        raise ValueError(f"unknown architecture {name!r}; choose one of: {', '.join(ENCODERS)}")
+    check_arch(name)
     try:
         return ENCODERS[name](input_shape=input_shape, **kwargs)
     except TypeError as exc:
         raise ValueError(f"bad settings for architecture {name!r}: {exc}") from exc
+
+
+def check_arch(name: str) -> None:
+    """Raise ValueError listing the choices if ``name`` is not a registered architecture."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown architecture {name!r}; choose one of: {', '.join(ENCODERS)}")

@@ -12,7 +12,7 @@ from encoderguard.data.image_set import ImageSet
 from encoderguard.data.splits import SplitSpec, load_split
 from encoderguard.models.card import ModelCard
 from encoderguard.models.checkpoint import CARD_FILE, save_checkpoint
-from encoderguard.models.registry import create_encoder
+from encoderguard.models.registry import check_arch, create_encoder
 from encoderguard.train.probe import encode, probe_model
 from encoderguard.train.progress import log
 from encoderguard.train.simclr import RESUME_FILE, SimCLRConfig, train_simclr
@@ -39,6 +39,7 @@ def train_to_dir(*, data: SplitSpec, arch: str, arch_kwargs: dict[str, Any], con
 
     Resumes from ``out_dir/resume.safetensors`` when present. Returns a summary (also stored in the card).
     """
+    check_arch(arch)
     out = Path(out_dir)
     if (out / CARD_FILE).exists() and not (out / RESUME_FILE).exists():
         raise FileExistsError(f"{out} already holds a trained model; choose another --out or delete it")

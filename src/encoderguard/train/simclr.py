@@ -94,7 +94,9 @@ class TrainResult:
 
 
 def _config_digest(config: SimCLRConfig, encoder: Encoder, n: int) -> str:
-    blob = json.dumps({"config": config.to_dict(), "arch": encoder.arch, "kwargs": encoder.arch_kwargs,
+    # The epoch count is left out on purpose: a stopped run may be resumed with more epochs.
+    settings = {k: v for k, v in config.to_dict().items() if k != "epochs"}
+    blob = json.dumps({"config": settings, "arch": encoder.arch, "kwargs": encoder.arch_kwargs,
                        "shape": encoder.input_shape, "dim": encoder.embed_dim, "n": n}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+from encoderguard.cli.main import main
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_then_probe_json(tmp_path, capsys):
+    out_dir = tmp_path / "victim"
+    code, out, err = _run(capsys, "train", "--data", "digits", "--train-size", "200", "--epochs", "1",
+                          "--width", "4", "--embed-dim", "16", "--batch-size", "64", "--out", str(out_dir),
+                          "--watermark", "--json", "--no-progress")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["train_images"] == 200 and 0 <= result["linear_acc"] <= 1 and "watermark_acc" in result
+    card = json.loads((out_dir / "card.json").read_text())
+    assert card["data"] == {"dataset": "digits", "split": "owner-train", "split_seed": 0, "train_size": 200,
+                            "heldout_size": None}
+    assert card["watermark"]["verify_split"] == "owner-heldout"
+    assert not (out_dir / "resume.safetensors").exists()
+    code, out, err = _run(capsys, "probe", "--encoder", str(out_dir), "--json")
+    assert code == 0, err
+    probe = json.loads(out)
+    assert {"linear_acc", "knn_acc", "random_init_linear_acc"} <= set(probe)
+    assert probe["linear_gain"] == pytest.approx(probe["linear_acc"] - probe["random_init_linear_acc"])
+    code, _, err = _run(capsys, "train", "--data", "digits", "--train-size", "200", "--epochs", "1",
+                        "--out", str(out_dir))
+    assert code == 2 and "already holds a trained model" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "nosuch", "--out", "X"], "unknown dataset 'nosuch'"),
+    (["train", "--data", "digits", "--arch", "vgg", "--out", "X"], "unknown architecture 'vgg'"),
+    (["train", "--data", "digits", "--preset", "huge", "--out", "X"], "unknown preset 'huge'"),
+    (["train", "--data", "digits:nosplit", "--out", "X"], "unknown split 'nosplit'"),
+    (["train", "--data", "digits", "--train-size", "5000", "--out", "X"], "leaves no held-out data"),
+    (["train", "--data", "fashion-mnist", "--data-dir", "/nonexistent", "--out", "X"], "apt-get install"),
+    (["probe", "--encoder", "/nonexistent/dir"], "checkpoint directory not found"),
+])
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys, argv, message):
+    argv = [a.replace("X", str(tmp_path / "o")) for a in argv]
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_pickle_and_corrupt_idx(tmp_path, capsys):
+    (tmp_path / "m.pt").write_bytes(b"\x80\x04")
+    code, _, err = _run(capsys, "probe", "--encoder", str(tmp_path / "m.pt"))
+    assert code == 2 and "pickle" in err
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8bcorrupt")
+    code, _, err = _run(capsys, "train", "--data", "fashion-mnist", "--data-dir", str(tmp_path), "--out",
+                        str(tmp_path / "o"))
+    assert code == 2 and "cannot read idx file" in err and len(err.strip().splitlines()) == 1
