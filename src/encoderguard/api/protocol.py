@@ -11,8 +11,9 @@ import torch
 class EmbeddingAPI(Protocol):
     """An embedding API: images in, representation vectors out, every answered image counted.
 
-    ``embed`` takes a float32 batch ``[N, C, H, W]`` with values in ``[0, 1]`` and returns a float32 CPU tensor
-    ``[N, D]``. ``queries_used`` counts the images this client has been answered (paid for), never a rejected one.
+    ``embed`` takes a float32 batch ``[N, C, H, W]`` with values in ``[0, 1]`` and returns a float32 CPU
+    tensor ``[N, D]``. ``queries_used`` counts the images this client has been answered (paid for), never a
+    rejected one.
     """
 
     @property

@@ -1,0 +1,258 @@
+"""An :class:`~encoderguard.api.EmbeddingAPI` over HTTP: what attacks and verifiers use on a remote API."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from encoderguard.api.input_validation import validate_inputs
+from encoderguard.api.wire_format import decode_embeddings, encode_array, is_uint8_exact
+from encoderguard.errors import APIError
+
+if TYPE_CHECKING:
+    import httpx
+
+_JSON_OVERHEAD = 512  # bytes of a request body besides the base64 data
+
+
+class HTTPEmbeddingAPI:
+    """Client of an encoderguard embedding server (``encoderguard serve``).
+
+    Batches larger than ``batch_size`` (or than the server's limits, read from ``GET /v1/model``) are split.
+    Rate-limit answers (429 with ``Retry-After``), server errors (5xx) and connection errors are retried up to
+    ``max_retries`` times with exponential backoff (``backoff * 2**attempt`` seconds, jittered), honouring
+    ``Retry-After``. Anything else fails at once with an :class:`~encoderguard.errors.APIError` naming the
+    problem: an exhausted quota, a bad key (401), an input the server refused (4xx). Images that are exactly
+    ``k / 255`` go on the wire as uint8 (lossless, 4x smaller).
+
+    Note: a retry after a lost answer (timeout, dropped connection) may be charged twice if the server
+    committed the first attempt before the connection failed.
+
+    Args:
+        url: base URL, e.g. ``http://127.0.0.1:8000``.
+        key: API key (``eg_<id>_<secret>``).
+        batch_size: most images per request.
+        timeout: seconds per HTTP request.
+        max_retries: retries per request after the first attempt (0: never retry).
+        backoff: base delay in seconds of the exponential backoff.
+        max_retry_after: longest ``Retry-After`` (seconds) worth waiting for; longer raises instead.
+        transport: an ``httpx`` transport (e.g. ``httpx.MockTransport`` in tests); default: real HTTP.
+
+    Raises:
+        ValueError: for a bad setting.
+        ImportError: if httpx is not installed (``pip install 'encoderguard[server]'``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        *,
+        batch_size: int = 256,
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        max_retry_after: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        if not isinstance(key, str) or not key:
+            raise ValueError("key must be a non-empty string")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be a non-negative int, got {max_retries!r}")
+        if not backoff >= 0:
+            raise ValueError(f"backoff must be >= 0 seconds, got {backoff!r}")
+        if not max_retry_after >= 0:
+            raise ValueError(f"max_retry_after must be >= 0 seconds, got {max_retry_after!r}")
+        try:
+            import httpx
+        except ImportError as exc:  # pragma: no cover - httpx is in the server extra
+            raise ImportError("HTTPEmbeddingAPI needs httpx: pip install 'encoderguard[server]'") from exc
+        self.url = url.rstrip("/")
+        self.batch_size = batch_size
+        self.max_retries = max_retries
+        self.backoff = float(backoff)
+        self.max_retry_after = float(max_retry_after)
+        self._httpx = httpx
+        self._client = httpx.Client(
+            base_url=self.url,
+            timeout=timeout,
+            transport=transport,
+            headers={"Authorization": f"Bearer {key}", "User-Agent": "encoderguard-client"},
+        )
+        self._info: dict[str, Any] | None = None
+        self._queries_used = 0
+        self.queries_remaining: int | None = None
+        """The server's count of images left under this key's quota after the last answer (``None``: unlimited
+        or not yet known)."""
+        self._sleep: Callable[[float], None] = time.sleep
+
+    # -- EmbeddingAPI ----------------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        """Size ``D`` of the embeddings (asks the server once)."""
+        return int(self.model_info()["dim"])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` the server accepts (asks the server once)."""
+        c, h, w = (int(v) for v in self.model_info()["input_shape"])
+        return c, h, w
+
+    @property
+    def queries_used(self) -> int:
+        """Images this client has been answered (paid for)."""
+        return self._queries_used
+
+    def embed(self, inputs: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Embed a batch over HTTP.
+
+        Args:
+            inputs: float images ``[N, C, H, W]`` in ``[0, 1]``.
+
+        Returns:
+            float32 CPU ``[N, D]``.
+
+        Raises:
+            APIError: if the input breaks the contract (checked before sending), the server refuses it, the
+                quota is exhausted, or retries run out; ``status`` holds the last HTTP status if there was
+                one.
+        """
+        batch = validate_inputs(inputs, self.input_shape)
+        info = self.model_info()
+        chunk = self._chunk_size(info, wire_dtype="uint8" if is_uint8_exact(batch) else "float32")
+        parts = [self._embed_chunk(batch[i : i + chunk]) for i in range(0, batch.shape[0], chunk)]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    # -- extras ----------------------------------------------------------------------------------------------
+    def model_info(self) -> dict[str, Any]:
+        """The server's ``GET /v1/model`` answer (fetched once, then cached)."""
+        if self._info is None:
+            info = self._request("GET", "/v1/model")
+            if not isinstance(info, dict) or "dim" not in info or "input_shape" not in info:
+                raise APIError(f"{self.url}/v1/model did not answer a model description")
+            self._info = info
+            self.queries_remaining = info.get("queries_remaining")
+        return self._info
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def __enter__(self) -> HTTPEmbeddingAPI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"HTTPEmbeddingAPI(url={self.url!r}, queries_used={self._queries_used})"
+
+    # -- internals -------------------------------------------------------------------------------------------
+    def _chunk_size(self, info: dict[str, Any], *, wire_dtype: str) -> int:
+        chunk = min(self.batch_size, int(info.get("max_batch", self.batch_size)))
+        max_body = info.get("max_body_bytes")
+        if max_body:
+            per_image = (
+                math.ceil(math.prod(self.input_shape) * (1 if wire_dtype == "uint8" else 4) * 4 / 3) + 4
+            )
+            fits = (int(max_body) - _JSON_OVERHEAD) // per_image
+            if fits < 1:
+                raise APIError(f"one image does not fit in the server's body limit of {max_body} bytes")
+            chunk = min(chunk, fits)
+        return chunk
+
+    def _embed_chunk(self, batch: torch.Tensor) -> torch.Tensor:
+        n = int(batch.shape[0])
+        wire = "uint8" if is_uint8_exact(batch) else "float32"
+        body = json.dumps(encode_array(batch, dtype=wire)).encode()
+        payload = self._request(
+            "POST", "/v1/embeddings", content=body, headers={"Content-Type": "application/json"}
+        )
+        embeddings = decode_embeddings(payload, n=n, dim=self.dim)
+        self._queries_used += n
+        self.queries_remaining = payload.get("queries_remaining")
+        return embeddings
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One HTTP exchange with retries; returns the decoded JSON of a 200."""
+        last = "no attempt made"
+        last_status: int | None = None
+        for attempt in range(self.max_retries + 1):
+            delay = self.backoff * (2**attempt) * (0.5 + random.random() / 2)
+            try:
+                response = self._client.request(method, path, **kwargs)
+            except self._httpx.TransportError as exc:
+                last, last_status = f"cannot reach {self.url}: {type(exc).__name__}: {exc}", None
+            else:
+                status = response.status_code
+                if status == 200:
+                    try:
+                        return response.json()
+                    except ValueError:
+                        raise APIError(
+                            f"{method} {path}: the server answered 200 with invalid JSON", status=status
+                        ) from None
+                detail, code, retry_after = _error_fields(response)
+                last, last_status = f"{method} {path} failed with HTTP {status}: {detail}", status
+                rate_limited = (
+                    status == 429
+                    and code != "quota_exceeded"
+                    and (retry_after is not None or code == "rate_limited")
+                )
+                if rate_limited and retry_after is not None:
+                    if retry_after > self.max_retry_after:
+                        raise APIError(
+                            f"rate limited for {retry_after:g} s (more than max_retry_after): {detail}",
+                            status=status,
+                        )
+                    delay = retry_after
+                elif not rate_limited and status < 500:
+                    raise APIError(_explain(status, code, detail), status=status)
+            if attempt < self.max_retries:
+                self._sleep(delay)
+        raise APIError(f"gave up after {self.max_retries} retries: {last}", status=last_status)
+
+
+def _error_fields(response: httpx.Response) -> tuple[str, str | None, float | None]:
+    """``(detail, code, retry_after seconds)`` of an error answer, tolerating non-JSON bodies."""
+    detail: Any = response.text[:300] or response.reason_phrase
+    code: str | None = None
+    retry_after: float | None = None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        detail = body.get("detail", detail)
+        code = body.get("code")
+        if isinstance(body.get("retry_after"), (int, float)):
+            retry_after = float(body["retry_after"])
+    if retry_after is None and "retry-after" in response.headers:
+        try:
+            retry_after = float(response.headers["retry-after"])
+        except ValueError:
+            retry_after = None  # an HTTP-date: fall back to backoff
+    if not isinstance(detail, str):
+        detail = json.dumps(detail)[:300]
+    return detail, code, retry_after
+
+
+def _explain(status: int, code: str | None, detail: str) -> str:
+    if code == "quota_exceeded":
+        return f"quota exhausted, not retrying: {detail}"
+    if status == 401:
+        return f"authentication failed (check the API key): {detail}"
+    return f"request refused with HTTP {status}: {detail}"

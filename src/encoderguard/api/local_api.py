@@ -1,0 +1,146 @@
+"""An in-process embedding API over an encoder module: the reference implementation of the protocol."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from encoderguard.api.input_validation import validate_inputs
+from encoderguard.defences.base import Postprocessor, apply_chain
+from encoderguard.errors import APIError
+
+
+class LocalAPI:
+    """Serve an encoder in-process, exactly as the HTTP server does: validate, embed, defend, count.
+
+    The encoder runs in eval mode under ``torch.no_grad`` in chunks of ``batch_size``; the defence chain then
+    rewrites the answers for the whole request at once (a stateful defence sees each request as one unit).
+    Thread-safe: concurrent callers are serialised around the forward pass, which on a CPU already uses every
+    core.
+
+    Args:
+        encoder: a module mapping ``[N, C, H, W]`` float32 in ``[0, 1]`` to ``[N, D]``, with attributes
+            ``embed_dim`` (``D``) and ``input_shape`` (``(C, H, W)``).
+        defences: postprocessors applied in order to every answer (empty: answers are the raw
+            representations).
+        key: the caller identity passed to the defences when :meth:`embed` is not given one.
+        batch_size: most images per forward pass (bounds peak memory, not the request size).
+
+    Raises:
+        ValueError: if the encoder lacks ``embed_dim``/``input_shape`` or ``batch_size`` is not a positive
+            int.
+
+    Example:
+        >>> api = LocalAPI(encoder)  # doctest: +SKIP
+        >>> api.embed(torch.rand(4, *api.input_shape)).shape  # doctest: +SKIP
+        torch.Size([4, 128])
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        defences: Sequence[Postprocessor] = (),
+        key: str = "local",
+        batch_size: int = 256,
+    ) -> None:
+        if not isinstance(encoder, nn.Module):
+            raise ValueError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
+        embed_dim = getattr(encoder, "embed_dim", None)
+        input_shape = getattr(encoder, "input_shape", None)
+        if not isinstance(embed_dim, int) or embed_dim < 1:
+            raise ValueError(f"encoder.embed_dim must be a positive int, got {embed_dim!r}")
+        if input_shape is None or len(tuple(input_shape)) != 3 or any(int(v) < 1 for v in input_shape):
+            raise ValueError(f"encoder.input_shape must be (C, H, W) of positive ints, got {input_shape!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"key must be a non-empty string, got {key!r}")
+        for defence in defences:
+            if not callable(defence):
+                raise ValueError(f"every defence must be a callable postprocessor, got {defence!r}")
+        self.encoder = encoder
+        self.defences: tuple[Postprocessor, ...] = tuple(defences)
+        self.key = key
+        self.batch_size = batch_size
+        self._dim = embed_dim
+        self._input_shape: tuple[int, int, int] = tuple(int(v) for v in input_shape)  # type: ignore[assignment]
+        self._queries_used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        """Size ``D`` of the returned embeddings."""
+        return self._dim
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the accepted images."""
+        return self._input_shape
+
+    @property
+    def queries_used(self) -> int:
+        """Images answered so far (a rejected batch counts nothing)."""
+        return self._queries_used
+
+    def embed(self, inputs: torch.Tensor | np.ndarray, *, key: str | None = None) -> torch.Tensor:
+        """Embed a batch of images.
+
+        Args:
+            inputs: float images ``[N, C, H, W]`` with values in ``[0, 1]``, ``N >= 1``.
+            key: caller identity for the defences (the server passes the API key id); defaults to
+                ``self.key``.
+
+        Returns:
+            float32 CPU tensor ``[N, D]``.
+
+        Raises:
+            APIError: if ``inputs`` break the input contract (status 422), or the encoder or a defence returns
+                something other than ``[N, D]`` finite values (status 500).
+        """
+        batch = validate_inputs(inputs, self._input_shape)
+        n = batch.shape[0]
+        device = _device_of(self.encoder)
+        with self._lock:
+            self.encoder.eval()
+            with torch.no_grad():
+                chunks = [
+                    self.encoder(batch[i : i + self.batch_size].to(device)).float().cpu()
+                    for i in range(0, n, self.batch_size)
+                ]
+                embeddings = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+                self._check_output(embeddings, n, "the encoder")
+                if self.defences:
+                    embeddings = apply_chain(self.defences, embeddings, inputs=batch, key=key or self.key)
+                    embeddings = embeddings.detach().float().cpu()
+                    self._check_output(embeddings, n, "the defence chain")
+            self._queries_used += n
+        return embeddings.contiguous()
+
+    def _check_output(self, embeddings: torch.Tensor, n: int, who: str) -> None:
+        if tuple(embeddings.shape) != (n, self._dim):
+            raise APIError(
+                f"{who} returned shape {list(embeddings.shape)}, expected [{n}, {self._dim}]", status=500
+            )
+        if not bool(torch.isfinite(embeddings).all()):
+            raise APIError(f"{who} returned NaN or infinite values", status=500)
+
+    def __repr__(self) -> str:
+        names = [getattr(d, "name", type(d).__name__) for d in self.defences]
+        return (
+            f"LocalAPI(encoder={type(self.encoder).__name__}, dim={self._dim}, "
+            f"input_shape={self._input_shape}, "
+            f"defences={names}, queries_used={self._queries_used})"
+        )
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for parameter in module.parameters():
+        return parameter.device
+    for buffer in module.buffers():
+        return buffer.device
+    return torch.device("cpu")
