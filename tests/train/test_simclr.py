@@ -2,11 +2,11 @@ import math
 
 import pytest
 import torch
+from tests.conftest import tiny_encoder
 
 from encoderguard.data import SplitSpec, load_split
 from encoderguard.train import NTXentLoss, SimCLRConfig, train_simclr
 from encoderguard.train.simclr import RESUME_FILE
-from tests.conftest import tiny_encoder
 
 
 def _reference_ntxent(z1, z2, t):
@@ -55,7 +55,7 @@ def test_training_is_deterministic_and_lowers_loss():
     cfg = SimCLRConfig(epochs=3, batch_size=32, seed=1)
     a = train_simclr(tiny_encoder(0), _data(), cfg, progress=False)
     b = train_simclr(tiny_encoder(0), _data(), cfg, progress=False)
-    for (ka, va), (_, vb) in zip(a.encoder.state_dict().items(), b.encoder.state_dict().items()):
+    for (ka, va), (_, vb) in zip(a.encoder.state_dict().items(), b.encoder.state_dict().items(), strict=False):
         assert torch.equal(va, vb), ka
     assert a.epoch_losses == b.epoch_losses
     assert a.epoch_losses[-1] < a.epoch_losses[0]
@@ -82,7 +82,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
     resumed = train_simclr(tiny_encoder(5), _data(), cfg, work_dir=work, progress=False)
     assert resumed.resumed_from_epoch == 2
     assert resumed.epoch_losses == pytest.approx(full.epoch_losses, rel=1e-6)
-    for (k, va), (_, vb) in zip(full.encoder.state_dict().items(), resumed.encoder.state_dict().items()):
+    for (k, va), (_, vb) in zip(full.encoder.state_dict().items(), resumed.encoder.state_dict().items(), strict=False):
         assert torch.allclose(va.float(), vb.float(), atol=1e-6), k
 
 

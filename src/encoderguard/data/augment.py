@@ -26,7 +26,7 @@ def simclr_augmentation(channels: int, size: tuple[int, int], *, crop_scale: tup
     hue and random greyscale for RGB), Gaussian blur.
     """
     _check(channels, size)
-    ops: list[nn.Module] = [K.RandomResizedCrop(size, scale=crop_scale), K.RandomHorizontalFlip()]
+    ops: list[K.AugmentationBase2D] = [K.RandomResizedCrop(size, scale=crop_scale), K.RandomHorizontalFlip()]
     if channels == 3:
         ops += [K.ColorJitter(jitter, jitter, jitter, min(0.1, jitter / 4), p=0.8), K.RandomGrayscale(p=0.2)]
     else:

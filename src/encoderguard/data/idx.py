@@ -15,7 +15,7 @@ import numpy as np
 
 from encoderguard.errors import DataError
 
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"),
+_DTYPES: dict[int, np.dtype] = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"),
            0x0E: np.dtype(">f8")}
 # Generous bound on any single idx file this project reads (the 60k-image MNIST file is 47 MB raw).
 _MAX_BYTES = 2 * 1024**3
@@ -62,7 +62,7 @@ def parse_idx(raw: bytes, *, source: str = "<bytes>") -> np.ndarray:
     if len(raw) < header_len:
         raise DataError(f"{source}: truncated idx header")
     dims = struct.unpack(f">{ndim}I", raw[4:header_len])
-    dtype = np.dtype(_DTYPES[type_code])
+    dtype = _DTYPES[type_code]
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     payload = len(raw) - header_len
     if payload != expected:

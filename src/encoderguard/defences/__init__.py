@@ -1,0 +1,31 @@
+"""Active defences of an embedding API: answer postprocessors applied in order, per request and per key.
+
+- ``noise`` (:class:`GaussianNoise`), ``round`` (:class:`Rounding`), ``topk`` (:class:`TopK`): answer
+  perturbation of a fixed strength.
+- ``coverage`` (:class:`CoverageNoise`): noise scaled by how much of the representation space the key has
+  covered (after B4B), with per-key state in a :class:`StateStore`.
+- ``orthogonal`` (:class:`OrthogonalTransform`): a secret rotation per key against sybil accounts.
+
+Build a chain from command-line specs with :func:`parse_defences` (``name[:k=v,k=v]``) and ready it for an
+API with :func:`prepare_chain`.
+"""
+
+from encoderguard.defences.base import Postprocessor, apply_chain, prepare_chain
+from encoderguard.defences.coverage_noise import CoverageNoise, coverage_noise_scale, sequential_coverage
+from encoderguard.defences.gaussian_noise import GaussianNoise
+from encoderguard.defences.ledger_state_store import LedgerStateStore
+from encoderguard.defences.memory_state_store import MemoryStateStore
+from encoderguard.defences.noise_seeds import NoiseSource, derive_seed
+from encoderguard.defences.orthogonal_transform import OrthogonalTransform
+from encoderguard.defences.random_hyperplane_lsh import RandomHyperplaneLSH
+from encoderguard.defences.registry import DEFENCES, create_defence, parse_defences, parse_spec
+from encoderguard.defences.rounding import Rounding
+from encoderguard.defences.state_store import StateStore
+from encoderguard.defences.top_k import TopK
+
+__all__ = [
+    "DEFENCES", "CoverageNoise", "GaussianNoise", "LedgerStateStore", "MemoryStateStore", "NoiseSource",
+    "OrthogonalTransform", "Postprocessor", "RandomHyperplaneLSH", "Rounding", "StateStore", "TopK", "apply_chain",
+    "coverage_noise_scale", "create_defence", "derive_seed", "parse_defences", "parse_spec", "prepare_chain",
+    "sequential_coverage",
+]

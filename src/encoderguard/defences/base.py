@@ -7,9 +7,12 @@ Defences form an ordered chain (IBM ART's postprocessor pattern), applied per re
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
+
+if TYPE_CHECKING:
+    from encoderguard.defences.state_store import StateStore
 
 
 @runtime_checkable
@@ -28,3 +31,28 @@ def apply_chain(
     for defence in chain:
         embeddings = defence(embeddings, inputs=inputs, key=key)
     return embeddings
+
+
+def prepare_chain(chain: Sequence[Postprocessor], *, dim: int, store: StateStore | None = None) -> None:
+    """Ready a chain for an API whose answers have ``dim`` values: check settings, hand out the state store.
+
+    Optional hooks, called when a defence has them: ``check_dim(dim)`` (raises ``ValueError`` for a setting
+    that does not fit the answer size, e.g. ``topk`` with ``k > dim``) and ``bind_store(store)`` (stateful
+    defences keep their per-key state there instead of in memory). Call it once at start-up, before the
+    first request.
+
+    Args:
+        chain: the defences.
+        dim: size ``D`` of the encoder's answers.
+        store: where per-key state lives (e.g. the server's ledger); ``None`` keeps each defence's own store.
+
+    Raises:
+        ValueError: from a defence whose settings do not fit ``dim``.
+    """
+    for defence in chain:
+        check = getattr(defence, "check_dim", None)
+        if callable(check):
+            check(dim)
+        bind = getattr(defence, "bind_store", None)
+        if store is not None and callable(bind):
+            bind(store)

@@ -42,7 +42,8 @@ class ResNet18(Encoder):
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
         c = self.input_shape[0]
-        self.stem = nn.Sequential(nn.Conv2d(c, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(nn.Conv2d(c, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(inplace=True))
         stages: list[nn.Module] = []
         cin = width
         for i, mult in enumerate((1, 2, 4, 8)):

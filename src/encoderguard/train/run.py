@@ -24,12 +24,21 @@ WATERMARK_EVAL_SIZE = 2000
 def watermark_accuracy(encoder: torch.nn.Module, head: torch.nn.Module, images: ImageSet, *, seed: int,
                        limit: int | None = None) -> tuple[int, int]:
     """``(correct, total)`` of ``head`` on ``encoder``'s representations of rotated ``images``."""
+    correct, total, _ = watermark_check(encoder, head, images, seed=seed, limit=limit)
+    return correct, total
+
+
+def watermark_check(encoder: torch.nn.Module, head: torch.nn.Module, images: ImageSet, *, seed: int,
+                    limit: int | None = None) -> tuple[int, int, float]:
+    """``(correct, total, mean representation norm)`` of ``head`` on ``encoder``'s representations of ``images``
+    rotated with ``rotation_batch`` seeded by ``seed`` (the first ``limit`` images)."""
     x = images.float() if limit is None else images.float(slice(0, limit))
     rotated, labels = rotation_batch(x, generator=torch.Generator().manual_seed(seed))
+    z = encode(encoder, rotated)
     with torch.no_grad():
         head.eval()
-        pred = head(encode(encoder, rotated)).argmax(1)
-    return int((pred == labels).sum()), len(labels)
+        pred = head(z).argmax(1)
+    return int((pred == labels).sum()), len(labels), float(z.norm(dim=1).mean())
 
 
 def train_to_dir(*, data: SplitSpec, arch: str, arch_kwargs: dict[str, Any], config: SimCLRConfig,
@@ -58,11 +67,13 @@ def train_to_dir(*, data: SplitSpec, arch: str, arch_kwargs: dict[str, Any], con
         heads["watermark_head"] = {"hidden_dim": config.watermark_hidden}
         verify_seed = config.seed + 7919
         heldout = load_split(data.with_split("owner-heldout"), data_dir=data_dir)
-        correct, total = watermark_accuracy(encoder, result.watermark_head, heldout, seed=verify_seed,
-                                            limit=WATERMARK_EVAL_SIZE)
+        correct, total, norm = watermark_check(encoder, result.watermark_head, heldout, seed=verify_seed,
+                                               limit=WATERMARK_EVAL_SIZE)
+        # embed_norm lets a verifier holding only the card and head rescale a suspect's answers to the owner's scale.
         watermark = {"task": "rotation-0-180-vs-180-360", "weight": config.watermark_weight,
                      "train_acc": result.watermark_train_acc, "heldout_acc": correct / total,
-                     "heldout_n": total, "verify_split": "owner-heldout", "verify_seed": verify_seed}
+                     "heldout_n": total, "verify_split": "owner-heldout", "verify_seed": verify_seed,
+                     "embed_norm": norm}
     if probe:
         probe_result = probe_model(encoder, load_split(data.with_split("probe-train"), data_dir=data_dir),
                                    load_split(data.with_split("probe-test"), data_dir=data_dir))

@@ -142,7 +142,7 @@ def train_simclr(encoder: Encoder, data: ImageSet, config: SimCLRConfig, *, work
     augment = create_augmentation(config.augmentation, c, (h, w))
     digest = _config_digest(config, encoder, len(data))
     resume_path = Path(work_dir) / RESUME_FILE if work_dir is not None else None
-    start_epoch, losses = 0, []
+    start_epoch, losses = 0, list[float]()
     if resume_path is not None and resume_path.is_file():
         start_epoch, losses = _load_resume(resume_path, modules, optimiser, digest)
     images = data.images

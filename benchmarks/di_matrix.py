@@ -1,0 +1,207 @@
+"""Dataset-inference verdict matrix, calibration, robustness, query budget and timing on one owner.
+
+Runs the frozen default test (``DatasetInference()``; settings printed in the output) against every suspect through
+the project's :class:`~encoderguard.api.LocalAPI`, and measures:
+
+1. **matrix**: one verification per suspect (self-check of the owner included), verdict, p, effect, z, queries,
+   seconds; suspects whose name starts with ``indep`` or ``random`` are expected ``independent``, the others
+   ``stolen``.
+2. **calibration**: ``--draws`` random draws (held-out sample, relabellings) on the owner's sample for every
+   suspect; for null suspects also ``--draws`` pseudo-owner draws (a random held-out subset plays owner-train:
+   a null encoder never saw any of it), the false-positive rate that alpha promises.
+3. **robustness**: the same verification when the suspect's API permutes its output dimensions, pads them with
+   constants, or applies a random invertible affine map.
+4. **budget**: the owner-side detection rate over ``--budget-draws`` draws at each total query budget.
+
+::
+
+    .venv/bin/python benchmarks/di_matrix.py --owner runs/di/v1 --suspect victim=runs/di/v1 \\
+        --suspect mse=runs/di/v1-mse --suspect infonce=runs/di/v1-infonce --suspect softnn=runs/di/v1-softnn \\
+        --suspect indep=runs/di/i1 --suspect indep-w16=runs/di/i1w --random-init 2 --draws 20 \\
+        --out benchmarks/out/di_matrix_split1.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from encoderguard.api import LocalAPI
+from encoderguard.models import load_checkpoint
+from encoderguard.train import encode
+from encoderguard.train.evaluate import random_init_like
+from encoderguard.verify.dataset_inference import DatasetInference, owner_data, split_budget
+
+
+class TransformedAPI:
+    """An EmbeddingAPI that rewrites another API's answers with a fixed map (a suspect hiding its output space)."""
+
+    def __init__(self, api: Any, transform: Any, dim: int) -> None:
+        self.api, self.transform, self._dim = api, transform, dim
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.api.input_shape
+
+    @property
+    def queries_used(self) -> int:
+        return int(self.api.queries_used)
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.transform(self.api.embed(inputs))
+
+
+def transforms(dim: int, seed: int = 0) -> dict[str, tuple[Any, int]]:
+    rng = np.random.default_rng(seed)
+    perm = torch.from_numpy(rng.permutation(dim))
+    a = torch.from_numpy(rng.normal(size=(dim, dim))).float()
+    b = torch.from_numpy(rng.normal(size=dim) * 3).float()
+    pad = 32
+    return {
+        "permuted": (lambda y: y[:, perm], dim),
+        "padded": (lambda y: torch.cat([y, torch.full((len(y), pad), 0.5)], dim=1), dim + pad),
+        "affine": (lambda y: y @ a.T + b, dim),
+    }
+
+
+def expected(name: str) -> str:
+    return "independent" if name.startswith(("indep", "random")) else "stolen"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--owner", required=True)
+    parser.add_argument("--suspect", action="append", default=[], metavar="NAME=DIR")
+    parser.add_argument("--random-init", type=int, default=2)
+    parser.add_argument("--draws", type=int, default=20)
+    parser.add_argument("--heldout-cache", type=int, default=10000)
+    parser.add_argument("--budgets", default="100,200,300,500,750,1000,1500,2500")
+    parser.add_argument("--budget-draws", type=int, default=5)
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: calibration,robustness,budget")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+
+    owner = load_checkpoint(args.owner)
+    train, heldout = owner_data(owner.card)
+    suspects: dict[str, torch.nn.Module] = {}
+    cards: dict[str, dict[str, Any]] = {}
+    for item in args.suspect:
+        name, _, path = item.partition("=")
+        ckpt = load_checkpoint(path)
+        suspects[name], cards[name] = ckpt.encoder, ckpt.card.metrics
+    for i in range(args.random_init):
+        suspects[f"random{i}"] = random_init_like(owner.encoder, seed=7000 + i)
+        cards[f"random{i}"] = {}
+    report: dict[str, Any] = {"owner": args.owner, "settings": DatasetInference().settings(), "matrix": [],
+                              "calibration": {}, "robustness": [], "budget": {}}
+
+    # 1. the matrix --------------------------------------------------------------------------------------------
+    started = time.perf_counter()
+    di = DatasetInference().fit(members=train, nonmembers=heldout, owner=owner.encoder,
+                                null_models=[random_init_like(owner.encoder, seed=10_000 + i) for i in range(2)])
+    fit_s = time.perf_counter() - started
+    check = di.self_check_
+    assert check is not None
+    report["self_check"] = {"protects": check.protects, "p": check.owner.p_value, "z": check.owner.z,
+                            "effect": check.owner.effect, "null_p": check.null, "seconds": fit_s}
+    print(f"self-check: protects {check.protects} p {check.owner.p_value:.3g} z {check.owner.z:+.2f} "
+          f"d {check.owner.effect:+.3f} nulls {check.null} ({fit_s:.1f} s)", flush=True)
+    for name, model in suspects.items():
+        t0 = time.perf_counter()
+        v = di.verify(LocalAPI(model, key=name))
+        row = {"suspect": name, "expected": expected(name), "verdict": v.verdict,
+               "correct": v.verdict == expected(name),
+               "p_value": v.p_value, "effect": v.effect, "z": v.details["z"], "auc": v.details["auc"],
+               "queries_used": v.queries_used, "seconds": time.perf_counter() - t0,
+               **{k: cards[name].get(k) for k in ("fidelity_cosine", "gain_recovery", "linear_acc", "queries_paid")
+                  if cards[name].get(k) is not None}}
+        report["matrix"].append(row)
+        print(json.dumps(row), flush=True)
+
+    # cached answers for the draws
+    h_cache = heldout.float(slice(0, args.heldout_cache))
+    x_train = train.float()
+    answers = {name: (encode(m, x_train).double().numpy(), encode(m, h_cache).double().numpy())
+               for name, m in suspects.items()}
+    m_default, h_default = di.settings()["members"], di.settings()["nonmembers"]
+
+    # 2. calibration -------------------------------------------------------------------------------------------
+    if "calibration" not in skip:
+        for name, (a_t, a_h) in answers.items():
+            entry: dict[str, Any] = {}
+            ps = []
+            for draw in range(args.draws):
+                rng = np.random.default_rng(100 + draw)
+                mi = np.sort(rng.choice(len(a_t), size=min(m_default, len(a_t)), replace=False))
+                hi = rng.choice(len(a_h), size=h_default, replace=False)
+                ps.append(DatasetInference(seed=draw).test_answers(a_t[mi], a_h[hi]).p_value)
+            entry["owner_sample"] = {"flagged": int(sum(p < 0.01 for p in ps)), "draws": len(ps),
+                                     "median_p": float(np.median(ps)), "p_values": ps}
+            if expected(name) == "independent":
+                ps = []
+                for draw in range(args.draws):
+                    rng = np.random.default_rng(500 + draw)
+                    perm = rng.permutation(len(a_h))
+                    mi, hi = perm[:m_default], perm[m_default: m_default + h_default]
+                    ps.append(DatasetInference(seed=draw).test_answers(a_h[mi], a_h[hi]).p_value)
+                entry["pseudo_owner"] = {"flagged": int(sum(p < 0.01 for p in ps)), "draws": len(ps),
+                                         "median_p": float(np.median(ps)), "p_values": ps}
+            report["calibration"][name] = entry
+            print(name, {k: (v["flagged"], v["draws"], round(v["median_p"], 4)) for k, v in entry.items()},
+                  flush=True)
+
+    # 3. robustness --------------------------------------------------------------------------------------------
+    if "robustness" not in skip:
+        for name, model in suspects.items():
+            base = next(r for r in report["matrix"] if r["suspect"] == name)
+            for tname, (fn, dim) in transforms(model.embed_dim).items():
+                v = di.verify(TransformedAPI(LocalAPI(model, key=name), fn, dim))
+                row = {"suspect": name, "transform": tname, "verdict": v.verdict, "p_value": v.p_value,
+                       "effect": v.effect, "unchanged": v.verdict == base["verdict"],
+                       "p_abs_diff": abs(v.p_value - base["p_value"])}
+                report["robustness"].append(row)
+                print(json.dumps(row), flush=True)
+
+    # 4. query budget ------------------------------------------------------------------------------------------
+    if "budget" not in skip:
+        budgets = [int(b) for b in args.budgets.split(",")]
+        for name, (a_t, a_h) in answers.items():
+            per: dict[str, Any] = {}
+            for budget in budgets:
+                m, h = split_budget(budget, len(a_t))
+                ps = []
+                for draw in range(args.budget_draws):
+                    rng = np.random.default_rng(900 + draw)
+                    mi = rng.choice(len(a_t), size=m, replace=False)
+                    hi = rng.choice(len(a_h), size=h, replace=False)
+                    try:
+                        ps.append(DatasetInference(seed=draw, members=m, nonmembers=h)
+                                  .test_answers(a_t[mi], a_h[hi]).p_value)
+                    except ValueError:
+                        ps.append(math.nan)
+                per[str(budget)] = {"detected": int(sum(p < 0.01 for p in ps)), "draws": len(ps),
+                                    "median_p": float(np.nanmedian(ps))}
+            ok = [b for b in budgets if per[str(b)]["detected"] == args.budget_draws]
+            report["budget"][name] = {"per_budget": per, "fewest_all_detected": min(ok) if ok else None}
+            print(name, {b: (v["detected"], round(v["median_p"], 4)) for b, v in per.items()}, flush=True)
+
+    ok = all(r["correct"] for r in report["matrix"])
+    report["all_correct"] = ok
+    with open(args.out, "w") as fh:
+        json.dump(report, fh, indent=1)
+    print(f"matrix all correct: {ok}; written {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,440 @@
+"""Steal an encoder through its embedding API: pay for each query once, then train a copy on the cached answers.
+
+The attack has two phases. **Paying**: the query plan (:class:`~encoderguard.attacks.queries.QueryPlan`) is walked
+in batches; every answered batch is written to the on-disk :class:`~encoderguard.attacks.query_cache.QueryCache`
+before the next one is sent, so a crash, a kill or a rerun never pays for the same position twice, and a smaller
+budget reuses the first answers of a larger cache. **Training**: the copy is trained for many epochs on the cached
+answers alone. The victim is never queried during training, so epochs cost CPU time, not queries.
+
+Two ways to use the answers:
+
+- ``mode="clean"`` (default): the victim answers each clean input once; every epoch, the copy sees a fresh
+  augmented view of the input (``augmentation``) and is trained towards the victim's answer for the clean input.
+- ``mode="siamese"`` (the set-up of Dziedzic et al., ICML 2022): the victim answers ``views`` augmented views of
+  each input (each view a paid query, counted in the budget); the copy sees another, fresh view of the same input.
+
+The seed implementation of that siamese set-up re-queries the victim for every batch of every epoch, which costs
+``epochs x inputs`` queries; caching costs ``inputs x views`` once (``benchmarks/steal_vs_seed.py`` measures both).
+
+Reference: Dziedzic, Dhawan, Kaleem, Guan, Papernot, "On the Difficulty of Defending Self-Supervised Learning
+against Model Extraction", ICML 2022.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from encoderguard.api.protocol import EmbeddingAPI
+from encoderguard.attacks.losses import StealingLoss, create_loss
+from encoderguard.attacks.queries import QueryPlan, data_digest, image_digest
+from encoderguard.attacks.query_cache import CachedAnswers, QueryCache, QueryCacheError
+from encoderguard.data.augment import AUGMENTATIONS, create_augmentation
+from encoderguard.data.image_set import ImageSet
+from encoderguard.errors import APIError, DataError
+from encoderguard.models.encoder import Encoder
+from encoderguard.models.heads import projection_head
+from encoderguard.models.registry import create_encoder
+from encoderguard.train.progress import progress_bar
+
+DEFAULT_ARCH_KWARGS: dict[str, Any] = {"width": 32, "depth": 4, "pool": "avg"}
+COPY_AUGMENTATIONS = ("none", *AUGMENTATIONS)
+
+
+@dataclass(frozen=True)
+class StealResult:
+    """What :meth:`StealingAttack.extract` produced.
+
+    Attributes:
+        encoder: the trained copy (CPU, eval mode).
+        projector: the learned map from the copy's space to the victim's (``None`` when not used).
+        queries_paid: paid answers the copy was trained on (positions ``0 .. budget-1``, each paid exactly once,
+            possibly by an earlier run that filled the cache).
+        queries_new: queries this run sent and paid for.
+        queries_cached: answers this run took from the cache instead of paying.
+        epoch_losses: mean training loss of each epoch.
+        query_seconds: time spent paying for answers.
+        train_seconds: time spent training the copy.
+        seconds: wall time of :meth:`StealingAttack.extract`.
+        cache_dir: the query cache directory.
+        settings: the attack's settings (recorded in the copy's card).
+    """
+
+    encoder: Encoder
+    projector: nn.Module | None
+    queries_paid: int
+    queries_new: int
+    queries_cached: int
+    epoch_losses: list[float] = field(default_factory=list)
+    query_seconds: float = 0.0
+    train_seconds: float = 0.0
+    seconds: float = 0.0
+    cache_dir: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-serialisable part (everything but the modules)."""
+        return {"queries_paid": self.queries_paid, "queries_new": self.queries_new,
+                "queries_cached": self.queries_cached, "epochs": len(self.epoch_losses),
+                "final_loss": self.epoch_losses[-1] if self.epoch_losses else None,
+                "query_seconds": self.query_seconds, "train_seconds": self.train_seconds, "seconds": self.seconds,
+                "cache_dir": self.cache_dir, "settings": dict(self.settings)}
+
+
+class StealingAttack:
+    """Extract a copy of the encoder behind an embedding API within a query budget.
+
+    Args:
+        api: the victim (any :class:`~encoderguard.api.EmbeddingAPI`: in-process or HTTP).
+        loss: stealing loss, a registry name (``mse``, ``cosine``, ``infonce``, ``softnn``, ``wasserstein``,
+            ``barlow``) or a :class:`~encoderguard.attacks.losses.StealingLoss` module.
+        budget: queries to pay for (``>= 1``); exactly this many positions of the plan are paid, across all runs
+            sharing the cache.
+        cache_dir: directory of the query cache (created if missing; reopened to resume).
+        loss_kwargs: settings of a loss given by name, e.g. ``{"temperature": 0.1}``.
+        mode: ``"clean"`` (default; the copy's augmented views reuse the clean input's paid answer) or
+            ``"siamese"`` (the victim answers augmented views, each a paid query).
+        views: victim views per input in siamese mode (budget ``b`` buys ``ceil(b / views)`` inputs).
+        order: ``"random"`` (default) or ``"sequential"`` order in which query inputs are spent.
+        query_batch: images per request to the API.
+        epochs: training epochs over the cached answers.
+        min_steps: least number of optimiser steps; small budgets get more epochs to reach it (0: off).
+        batch_size: training batch size.
+        lr: peak Adam learning rate (cosine decay to 0 over the run).
+        weight_decay: Adam weight decay.
+        augmentation: the copy's views during training: ``"weak"`` (default: crop 0.8-1 + flip), ``"simclr"`` or
+            ``"none"``; in siamese mode also the augmentation of the victim's views (``"none"`` there means
+            ``"simclr"``).
+        arch: architecture of the copy (default ``convnet``).
+        arch_kwargs: its settings (default width 32, depth 4, average pooling).
+        embed_dim: representation size of the copy (default: the victim's).
+        projection: learn a projection head from the copy's space to the victim's; ``None`` (default) uses one
+            exactly when ``embed_dim`` differs from the victim's answer size.
+        projection_hidden: hidden size of that head.
+        seed: seeds the query order, the views, the copy's initialisation and training.
+        victim_id: a string identifying the victim (URL, weights digest) stored in the cache fingerprint, so a
+            cache is never reused against another victim.
+        progress: show progress bars on stderr.
+        device: torch device of the copy's training.
+
+    Raises:
+        ValueError: for a bad setting (quoting it) or an unknown loss (listing the choices).
+
+    Example:
+        >>> attack = StealingAttack(api, loss="mse", budget=2000, cache_dir="runs/stolen/query_cache")
+        >>> result = attack.extract(load_split(SplitSpec("fashion-mnist", "query")))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        api: EmbeddingAPI,
+        *,
+        loss: str | StealingLoss,
+        budget: int,
+        cache_dir: str | Path,
+        loss_kwargs: dict[str, Any] | None = None,
+        mode: str = "clean",
+        views: int = 1,
+        order: str = "random",
+        query_batch: int = 256,
+        epochs: int = 60,
+        min_steps: int = 0,
+        batch_size: int = 128,
+        lr: float = 2e-3,
+        weight_decay: float = 1e-5,
+        augmentation: str = "weak",
+        arch: str = "convnet",
+        arch_kwargs: dict[str, Any] | None = None,
+        embed_dim: int | None = None,
+        projection: bool | None = None,
+        projection_hidden: int = 512,
+        seed: int = 0,
+        victim_id: str = "",
+        progress: bool = True,
+        device: str = "cpu",
+    ) -> None:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+        for name, value, low in (("views", views, 1), ("query_batch", query_batch, 1), ("epochs", epochs, 1),
+                                 ("batch_size", batch_size, 2), ("projection_hidden", projection_hidden, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if isinstance(min_steps, bool) or not isinstance(min_steps, int) or min_steps < 0:
+            raise ValueError(f"min_steps must be an integer >= 0, got {min_steps!r}")
+        if embed_dim is not None and (isinstance(embed_dim, bool) or not isinstance(embed_dim, int)
+                                      or embed_dim < 1):
+            raise ValueError(f"embed_dim must be a positive integer, got {embed_dim!r}")
+        for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
+                    name == "lr" and value == 0):
+                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value!r}")
+        if augmentation not in COPY_AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {augmentation!r}; choose one of: {', '.join(COPY_AUGMENTATIONS)}")
+        if mode == "clean" and views != 1:
+            raise ValueError(f"views={views} needs mode='siamese' (clean mode sends each input once)")
+        self.loss_name = loss if isinstance(loss, str) else type(loss).__name__
+        self.loss_fn: StealingLoss = create_loss(loss, **(loss_kwargs or {})) if isinstance(loss, str) else loss
+        if not isinstance(self.loss_fn, nn.Module):
+            raise ValueError(f"loss must be a registry name or a StealingLoss module, got {loss!r}")
+        self.loss_kwargs = dict(loss_kwargs or {})
+        # A probe plan validates mode/order/augmentation now rather than at extract time.
+        QueryPlan(1, mode=mode, views=views, order=order, seed=seed, augmentation=self._victim_aug(augmentation))
+        self.api = api
+        self.budget = budget
+        self.cache_dir = Path(cache_dir)
+        self.mode, self.views, self.order = mode, views, order
+        self.query_batch, self.epochs, self.batch_size = query_batch, epochs, batch_size
+        self.min_steps = min_steps
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.augmentation = augmentation
+        self.arch = arch
+        self.arch_kwargs = dict(DEFAULT_ARCH_KWARGS if arch_kwargs is None else arch_kwargs)
+        self.embed_dim = embed_dim
+        self.projection = projection
+        self.projection_hidden = projection_hidden
+        self.seed = seed
+        self.victim_id = victim_id
+        self.progress = progress
+        self.device = device
+
+    @staticmethod
+    def _victim_aug(augmentation: str) -> str:
+        return "simclr" if augmentation == "none" else augmentation
+
+    def settings(self) -> dict[str, Any]:
+        """The attack's settings, JSON-serialisable (recorded in the copy's card)."""
+        return {"method": "stealing", "loss": self.loss_name, "loss_kwargs": self.loss_kwargs,
+                "budget": self.budget, "mode": self.mode, "views": self.views, "order": self.order,
+                "query_batch": self.query_batch, "epochs": self.epochs, "min_steps": self.min_steps,
+                "batch_size": self.batch_size,
+                "lr": self.lr, "weight_decay": self.weight_decay, "augmentation": self.augmentation,
+                "seed": self.seed}
+
+    def plan(self, query_data: ImageSet) -> QueryPlan:
+        """The query plan over ``query_data``."""
+        return QueryPlan(len(query_data), mode=self.mode, views=self.views, order=self.order, seed=self.seed,
+                         augmentation=self._victim_aug(self.augmentation))
+
+    def open_cache(self, query_data: ImageSet, *, dim: int | None = None) -> QueryCache:
+        """Open (or create) the query cache for ``query_data`` against this victim."""
+        plan = self.plan(query_data)
+        fingerprint = {"victim": self.victim_id, "dim": int(dim if dim is not None else self.api.dim),
+                       "input_shape": list(query_data.input_shape), "query_data": query_data.name,
+                       "query_data_sha256": data_digest(query_data),
+                       **{k: v for k, v in plan.to_dict().items() if k != "augmentation" or self.mode == "siamese"}}
+        return QueryCache(self.cache_dir, fingerprint=fingerprint)
+
+    def extract(self, query_data: ImageSet) -> StealResult:
+        """Pay for the budget's answers (resuming from the cache), then train and return the copy.
+
+        Args:
+            query_data: the attacker's images (uint8 ``[N, C, H, W]``; labels unused). Need not come from the
+                victim's distribution, but must have the victim's image shape.
+
+        Returns:
+            The copy and the accounting of the run.
+
+        Raises:
+            DataError: if ``query_data`` has the wrong image shape, or holds fewer inputs than the budget needs.
+            QueryCacheError: if the cache is corrupted or was filled with other settings or data.
+            APIError: if the API fails; every answer received before the failure stays cached.
+        """
+        started = time.perf_counter()
+        victim_shape = tuple(int(v) for v in self.api.input_shape)
+        if query_data.input_shape != victim_shape:
+            raise DataError(f"query data {query_data.name} has images of shape {query_data.input_shape} but the "
+                            f"victim API takes {victim_shape}")
+        plan = self.plan(query_data)
+        if self.budget > plan.capacity:
+            raise DataError(f"budget {self.budget} exceeds the {plan.capacity} distinct queries {query_data.name} "
+                            f"offers ({len(query_data)} images x {self.views} view(s))")
+        dim = int(self.api.dim)
+        cache = self.open_cache(query_data, dim=dim)
+        cached_before = self.budget - sum(b - a for a, b in cache.missing(self.budget))
+        new = fill_cache(self.api, cache, plan, query_data, self.budget, batch_size=self.query_batch,
+                         progress=self.progress)
+        query_seconds = time.perf_counter() - started
+        answers = cache.read(self.budget)
+        check_answers(answers, plan, query_data, cache.path)
+        train_started = time.perf_counter()
+        copy, projector, losses = self._train(query_data, answers, dim)
+        end = time.perf_counter()
+        return StealResult(encoder=copy, projector=projector, queries_paid=self.budget, queries_new=new,
+                           queries_cached=cached_before, epoch_losses=losses, query_seconds=query_seconds,
+                           train_seconds=end - train_started, seconds=end - started, cache_dir=str(cache.path),
+                           settings=self.settings())
+
+    def build_copy(self, input_shape: tuple[int, int, int], victim_dim: int) -> tuple[Encoder, nn.Module | None]:
+        """A freshly initialised copy (seeded) and, when needed, its projection head to the victim's space."""
+        torch.manual_seed(self.seed)
+        dim = self.embed_dim or victim_dim
+        copy = create_encoder(self.arch, input_shape=input_shape, embed_dim=dim, **self.arch_kwargs)
+        use_projection = (dim != victim_dim) if self.projection is None else self.projection
+        projector = (projection_head(dim, hidden_dim=self.projection_hidden, out_dim=victim_dim)
+                     if use_projection else None)
+        return copy, projector
+
+    def epochs_for(self, n: int) -> int:
+        """Epochs over ``n`` answers: ``epochs``, raised to reach ``min_steps`` optimiser steps."""
+        return max(self.epochs, math.ceil(self.min_steps / max(1, math.ceil(n / self.batch_size))))
+
+    def _train(self, query_data: ImageSet, answers: CachedAnswers,
+               victim_dim: int) -> tuple[Encoder, nn.Module | None, list[float]]:
+        copy, projector = self.build_copy(query_data.input_shape, victim_dim)
+        images = query_data.images[answers.sources]
+        losses = train_copy(copy, images, answers.answers, loss=self.loss_fn, projector=projector,
+                            epochs=self.epochs_for(len(answers)), batch_size=self.batch_size, lr=self.lr,
+                            weight_decay=self.weight_decay, augmentation=self.augmentation, seed=self.seed,
+                            progress=self.progress, device=self.device)
+        return copy, projector, losses
+
+
+def fill_cache(api: EmbeddingAPI, cache: QueryCache, plan: QueryPlan, query_data: ImageSet, stop: int, *,
+               batch_size: int = 256, progress: bool = True, description: str = "queries") -> int:
+    """Pay for every position below ``stop`` that ``cache`` lacks, one batch at a time, persisting each answer.
+
+    Args:
+        api: the victim.
+        cache: where answers go (each batch is on disk before the next is sent).
+        plan: the query plan.
+        query_data: the plan's source images.
+        stop: positions ``0 .. stop-1`` must be paid for when this returns.
+        batch_size: images per request.
+        progress: progress bar on stderr.
+        description: label of the progress bar.
+
+    Returns:
+        The number of queries paid by this call.
+
+    Raises:
+        APIError: if the API fails or answers something malformed; the message says how many answers are cached.
+    """
+    gaps = cache.missing(stop)
+    todo = sum(b - a for a, b in gaps)
+    paid = 0
+    with progress_bar(progress and todo > 0) as bar:
+        task = bar.add_task(description, total=stop, completed=stop - todo, info="")
+        for gap_start, gap_stop in gaps:
+            for start in range(gap_start, gap_stop, batch_size):
+                end = min(start + batch_size, gap_stop)
+                inputs = plan.inputs(query_data, start, end)
+                try:
+                    answers = api.embed(inputs)
+                except APIError as exc:
+                    raise APIError(f"the victim API failed after {paid} new queries ({stop - todo + paid} of {stop} "
+                                   f"answers are cached in {cache.path}; rerun to resume): {exc}",
+                                   status=exc.status) from exc
+                answers = torch.as_tensor(answers)
+                if answers.ndim != 2 or answers.shape[0] != end - start or answers.shape[1] != cache.dim:
+                    raise APIError(f"the victim API answered shape {list(answers.shape)} for {end - start} "
+                                   f"images; expected [{end - start}, {cache.dim}]")
+                sources, views = plan.sources(start, end)
+                digests = torch.tensor(np.frombuffer(b"".join(image_digest(x) for x in inputs), dtype=np.uint8)
+                                       .reshape(-1, 32).copy())
+                cache.append(start, sources=torch.from_numpy(sources), views=torch.from_numpy(views),
+                             input_sha256=digests, answers=answers)
+                paid += end - start
+                bar.update(task, advance=end - start, info=f"{paid} paid")
+    return paid
+
+
+def check_answers(answers: CachedAnswers, plan: QueryPlan, query_data: ImageSet, where: str | Path) -> None:
+    """Check that cached answers belong to the plan's inputs: sources, views and input digests.
+
+    Raises:
+        QueryCacheError: at the first position whose record does not match what the plan sends there.
+    """
+    n = len(answers)
+    if n == 0:
+        return
+    sources, views = plan.sources(0, n)
+    bad = np.flatnonzero((answers.sources.numpy() != sources) | (answers.views.numpy() != views))
+    if bad.size == 0:
+        for start in range(0, n, 1024):
+            inputs = plan.inputs(query_data, start, min(start + 1024, n))
+            for offset, image in enumerate(inputs):
+                if image_digest(image) != bytes(answers.input_sha256[start + offset].tolist()):
+                    bad = np.array([start + offset])
+                    break
+            if bad.size:
+                break
+    if bad.size:
+        raise QueryCacheError(f"query cache {where}: the answer cached for position {int(bad[0])} was paid for "
+                              "another input than the plan sends there; delete the cache to start over")
+
+
+def train_copy(copy: Encoder, images: torch.Tensor, targets: torch.Tensor, *, loss: nn.Module,
+               projector: nn.Module | None = None, epochs: int = 60, batch_size: int = 128, lr: float = 2e-3,
+               weight_decay: float = 1e-5, augmentation: str = "weak", seed: int = 0, progress: bool = True,
+               device: str = "cpu") -> list[float]:
+    """Train ``copy`` (and ``projector``) so that ``loss(copy(view of image i), targets[i])`` is small.
+
+    Adam with a cosine learning-rate decay to 0; every epoch reseeds torch's generator from ``(seed, epoch)``, so
+    a run is repeatable on CPU. Batches are balanced (no tiny last batch: contrastive losses need ``N >= 2``).
+
+    Args:
+        copy: the encoder to train (in place).
+        images: uint8 ``[N, C, H, W]`` inputs, ``N >= 2``.
+        targets: float ``[N, D]`` answers of the victim.
+        loss: ``forward(stolen [B, D], victim [B, D]) -> scalar``.
+        projector: optional head mapping the copy's ``[B, D']`` to the victim's ``[B, D]``.
+        epochs: passes over the data.
+        batch_size: images per step.
+        lr: peak learning rate.
+        weight_decay: Adam weight decay.
+        augmentation: ``"none"``, ``"weak"`` or ``"simclr"`` views of the inputs.
+        seed: seeds batching and augmentation.
+        progress: progress bar on stderr.
+        device: torch device.
+
+    Returns:
+        Mean loss of each epoch. ``copy`` and ``projector`` end on CPU in eval mode.
+    """
+    n = int(images.shape[0])
+    if n < 2:
+        raise ValueError(f"training a copy needs at least 2 answers, got {n}")
+    if targets.shape[0] != n:
+        raise ValueError(f"{n} images but {targets.shape[0]} targets")
+    modules = nn.ModuleList([copy] if projector is None else [copy, projector]).to(device)
+    optimiser = torch.optim.Adam(modules.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = max(1, math.ceil(n / batch_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=epochs * steps_per_epoch,
+                                                    pct_start=0.05, anneal_strategy="cos",
+                                                    cycle_momentum=False)
+    c, h, w = images.shape[1:]
+    augment = None if augmentation == "none" else create_augmentation(augmentation, int(c), (int(h), int(w)))
+    targets = targets.to(device=device, dtype=torch.float32)
+    losses: list[float] = []
+    with progress_bar(progress) as bar:
+        task = bar.add_task("copy", total=epochs, info="")
+        for epoch in range(epochs):
+            modules.train()
+            generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            torch.manual_seed(seed * 100_003 + epoch)
+            perm = torch.randperm(n, generator=generator)
+            total = 0.0
+            batches = [b for b in torch.tensor_split(perm, steps_per_epoch) if len(b) >= 2]
+            for index in batches:
+                x = images[index].to(device).float().div_(255.0)
+                if augment is not None:
+                    x = augment(x)
+                z = copy(x)
+                if projector is not None:
+                    z = projector(z)
+                value = loss(z, targets[index.to(device)])
+                optimiser.zero_grad(set_to_none=True)
+                value.backward()
+                optimiser.step()
+                scheduler.step()
+                total += float(value.detach())
+            losses.append(total / max(len(batches), 1))
+            bar.update(task, advance=1, info=f"loss {losses[-1]:.4f}")
+    modules.eval().to("cpu")
+    return losses

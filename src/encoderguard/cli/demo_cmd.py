@@ -1,0 +1,56 @@
+"""``encoderguard demo``: the main job end to end on built-in real data (see ``encoderguard.experiments.demo``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from encoderguard.cli.common import add_data_dir
+from encoderguard.cli.main import add_common
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("demo", help="train, serve, steal and verify end to end; writes summary.json and report.html")
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo); finished models in it "
+                   "are reused")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster smoke run (verdicts may be inconclusive)")
+    p.add_argument("--loss", default=None, help="the attacker's loss (default infonce)")
+    p.add_argument("--budget", type=int, default=None, help="attacker queries (default max(train size / 5, 2000))")
+    add_data_dir(p)
+    add_common(p)
+    p.set_defaults(handler=sys.modules[__name__])
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from encoderguard.experiments.demo import DemoSettings, run_demo
+
+    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    if args.loss:
+        settings = replace(settings, loss=args.loss)
+    if args.budget is not None:
+        if args.budget < 1:
+            raise ValueError(f"--budget must be >= 1, got {args.budget}")
+        settings = replace(settings, budget=args.budget)
+    summary = run_demo(args.out, settings=settings, data_dir=args.data_dir)
+    summary["_exit_code"] = 1 if summary.get("wrong_verdicts") else 0
+    return summary
+
+
+def render(result: dict[str, Any]) -> str:
+    from encoderguard.experiments.demo import summary_table
+
+    lines = [summary_table(result), ""]
+    if result.get("all_verdicts_right"):
+        lines.append("every verdict right (victim and stolen copy: stolen; independent: independent)")
+    elif result.get("wrong_verdicts"):
+        lines.append("WRONG verdicts: " + ", ".join(f"{v['suspect']}/{v['method']} -> {v['verdict']}"
+                                                   for v in result["wrong_verdicts"]))
+    else:
+        lines.append("some tests were inconclusive (see the warnings in summary.json); none named the wrong side")
+    if result.get("report"):
+        lines.append(f"report: {result['report']}")
+    lines.append(f"total {result.get('seconds', 0):.0f} s")
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""Rotation-watermark test: does the suspect carry the owner's secret watermark? (exact binomial test)"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from encoderguard.cli.common import add_data_dir, non_negative_int, positive_int
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``verify watermark`` (``--owner/--suspect/--suspect-api/--suspect-key/--alpha/--json`` exist)."""
+    p.add_argument("--queries", type=positive_int, default=1000,
+                   help="most images sent to the suspect (default 1000); the test uses the largest even number")
+    p.add_argument("--seed", type=non_negative_int, default=None,
+                   help="rotation seed (default: the owner card's secret verification seed)")
+    p.add_argument("--decoys", type=_fraction, default=0.0,
+                   help="fraction of --queries spent on un-rotated images mixed among the watermark queries "
+                        "(default 0)")
+    p.add_argument("--mirror", action="store_true",
+                   help="mirror a random half of each class (mirror-balanced set): encoders whose head output does "
+                        "not change under a mirror then score 0.5 whatever their chance correlation with the head")
+    p.add_argument("--no-match-scale", action="store_true",
+                   help="read the suspect's answers at their own scale (default: rescale them to the owner's "
+                        "mean norm)")
+    add_data_dir(p)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the test; the result is ``Verdict.to_dict()`` plus ``"suspect"`` (the directory or API URL)."""
+    from encoderguard.cli.verify_cmd import suspect_api
+    from encoderguard.verify.watermark import WatermarkVerifier
+
+    if args.queries < 2:
+        raise ValueError(f"--queries must be >= 2, got {args.queries}")
+    verifier = WatermarkVerifier(args.owner, max_queries=args.queries, alpha=args.alpha, seed=args.seed,
+                                 decoys=args.decoys, mirror=args.mirror, match_scale=not args.no_match_scale,
+                                 data_dir=args.data_dir)
+    api = suspect_api(args)
+    result = verifier.verify(api).to_dict()
+    result["suspect"] = args.suspect or args.suspect_api
+    return result

@@ -1,0 +1,136 @@
+"""Statistics for ownership tests, as pure functions (numbers in, numbers out).
+
+Each function is tested against a scipy reference. Keep this module flat: one function per statistic.
+"""
+
+from __future__ import annotations
+
+from scipy import stats as _stats
+
+
+def _check_counts(successes: int, n: int, p0: float) -> None:
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if isinstance(successes, bool) or int(successes) != successes or not 0 <= successes <= n:
+        raise ValueError(f"successes must be an integer in [0, n={n}], got {successes!r}")
+    if not (isinstance(p0, (int, float)) and 0 < p0 < 1):
+        raise ValueError(f"p0 must be in (0, 1), got {p0!r}")
+
+
+def binomial_test_greater(successes: int, n: int, p0: float = 0.5) -> float:
+    """Exact one-sided binomial test: ``P(X >= successes)`` for ``X ~ Binomial(n, p0)``.
+
+    Small when ``successes / n`` is well above ``p0``. Equal to
+    ``scipy.stats.binomtest(successes, n, p0, alternative="greater").pvalue``, computed through the survival
+    function so that p-values far below ``1e-300`` underflow to 0 rather than losing precision earlier.
+
+    Args:
+        successes: number of successes ``k`` (``0 <= k <= n``).
+        n: number of independent trials.
+        p0: success probability under the null hypothesis.
+
+    Returns:
+        The p-value in ``[0, 1]``.
+
+    Raises:
+        ValueError: if the counts or ``p0`` are out of range.
+    """
+    _check_counts(successes, n, p0)
+    return float(min(1.0, _stats.binom.sf(int(successes) - 1, int(n), p0)))
+
+
+def binomial_test_less(successes: int, n: int, p0: float = 0.5) -> float:
+    """Exact one-sided binomial test in the other direction: ``P(X <= successes)``, ``X ~ Binomial(n, p0)``.
+
+    Equal to ``scipy.stats.binomtest(successes, n, p0, alternative="less").pvalue``. Small when ``successes / n``
+    is well below ``p0``.
+
+    Raises:
+        ValueError: if the counts or ``p0`` are out of range.
+    """
+    _check_counts(successes, n, p0)
+    return float(min(1.0, _stats.binom.cdf(int(successes), int(n), p0)))
+
+
+def binomial_confidence_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided confidence interval for a binomial proportion.
+
+    Equal to ``scipy.stats.binomtest(successes, n).proportion_ci(confidence, method="exact")``.
+
+    Args:
+        successes: number of successes ``k``.
+        n: number of trials.
+        confidence: coverage in ``(0, 1)``.
+
+    Returns:
+        ``(low, high)`` with ``0 <= low <= k / n <= high <= 1``.
+
+    Raises:
+        ValueError: if the counts or ``confidence`` are out of range.
+
+    Reference:
+        Clopper & Pearson, "The use of confidence or fiducial limits illustrated in the case of the binomial",
+        Biometrika 1934.
+    """
+    _check_counts(successes, n, 0.5)
+    if not (isinstance(confidence, (int, float)) and 0 < confidence < 1):
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    k, n = int(successes), int(n)
+    tail = (1.0 - confidence) / 2.0
+    low = 0.0 if k == 0 else float(_stats.beta.ppf(tail, k, n - k + 1))
+    high = 1.0 if k == n else float(_stats.beta.isf(tail, k + 1, n - k))
+    return low, high
+
+
+def min_successes_greater(n: int, alpha: float, p0: float = 0.5) -> int | None:
+    """Smallest ``k`` with ``binomial_test_greater(k, n, p0) < alpha`` (``None`` if even ``k = n`` is not enough).
+
+    ``k / n`` is the lowest accuracy a one-sided exact test with ``n`` trials can call significant, e.g.
+    ``n = 1000, alpha = 0.01 -> 537``.
+
+    Raises:
+        ValueError: if ``n``, ``alpha`` or ``p0`` are out of range.
+    """
+    _check_counts(0, n, p0)
+    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    # isf gives the (1 - alpha) quantile q with P(X > q) <= alpha; step to the strict inequality on P(X >= k).
+    k = int(_stats.binom.isf(alpha, int(n), p0))
+    k = max(k - 1, 0)
+    while k <= n and binomial_test_greater(k, n, p0) >= alpha:
+        k += 1
+    return k if k <= n else None
+
+
+def trials_needed_greater(accuracy: float, alpha: float, p0: float = 0.5, *, max_n: int = 1_000_000) -> int | None:
+    """Fewest trials ``n`` at which a true success rate ``accuracy`` gives an expected count ``>=`` the count
+    :func:`min_successes_greater` requires (a planning number: about half of such tests reach ``p < alpha``).
+
+    Args:
+        accuracy: the success rate expected from the suspect, ``p0 < accuracy <= 1``.
+        alpha: significance level.
+        p0: null success rate.
+        max_n: give up (return ``None``) beyond this many trials.
+
+    Raises:
+        ValueError: if an argument is out of range.
+    """
+    if not (isinstance(accuracy, (int, float)) and 0 < p0 < accuracy <= 1):
+        raise ValueError(f"accuracy must be in (p0={p0}, 1], got {accuracy!r}")
+    low, high = 1, 1
+    while high <= max_n:
+        needed = min_successes_greater(high, alpha, p0)
+        if needed is not None and accuracy * high >= needed:
+            break
+        low, high = high, high * 2
+    else:
+        return None
+    while low < high:  # bisection; the condition is monotone up to the lattice effects of small n
+        mid = (low + high) // 2
+        needed = min_successes_greater(mid, alpha, p0)
+        if needed is not None and accuracy * mid >= needed:
+            high = mid
+        else:
+            low = mid + 1
+    return high
+

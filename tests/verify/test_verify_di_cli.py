@@ -1,0 +1,78 @@
+import json
+
+import pytest
+
+from encoderguard.cli.main import main
+
+CONTRACT = {"method", "verdict", "p_value", "alpha", "effect", "n", "queries_used", "warnings"}
+FAST = ["--members", "40", "--nonmembers", "60", "--permutations", "99", "--null-encoders", "1"]
+
+
+@pytest.fixture(scope="module")
+def owner_dir(tmp_path_factory):
+    """An (untrained) tiny digits encoder whose card records the owner's split: enough for the CLI contract."""
+    from encoderguard.models import ModelCard, create_encoder, save_checkpoint
+
+    out = tmp_path_factory.mktemp("di") / "owner"
+    enc = create_encoder("convnet", input_shape=(1, 8, 8), embed_dim=16, width=4, depth=2, pool="flatten")
+    save_checkpoint(out, encoder=enc, card=ModelCard(
+        arch="convnet", arch_kwargs={}, input_shape=(1, 8, 8), embed_dim=16,
+        data={"dataset": "digits", "split": "owner-train", "split_seed": 0, "train_size": 200}))
+    return out
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_verify_di_suspect_and_self_check(owner_dir, tmp_path, capsys):
+    owner = str(owner_dir)
+    code, out, err = _run(capsys, "verify", "di", "--owner", owner, "--suspect", owner, *FAST, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert CONTRACT <= set(result) and result["method"] == "di"
+    assert result["verdict"] in ("stolen", "independent", "inconclusive")
+    assert result["alpha"] == 0.01 and result["n"] == 100 and result["queries_used"] == 100
+    assert result["details"]["settings"]["members"] == 40 and "self_check" in result["details"]
+    if not result["details"]["self_check"]["protects"]:
+        assert result["verdict"] == "inconclusive"
+
+    config = tmp_path / "di.json"
+    code, out, err = _run(capsys, "verify", "di", "--owner", owner, "--self-check", *FAST,
+                          "--save-config", str(config), "--json")
+    assert code == 0, err
+    check = json.loads(out)
+    assert CONTRACT <= set(check) and check["mode"] == "self-check" and isinstance(check["protects"], bool)
+    assert check["verdict"] == ("stolen" if check["protects"] else "inconclusive")
+    frozen = json.loads(config.read_text())
+    assert frozen["settings"]["members"] == 40
+
+    code, out, err = _run(capsys, "verify", "di", "--owner", owner, "--suspect", owner, "--config", str(config),
+                          "--null-encoders", "0", "--json")
+    assert code == 0, err
+    assert json.loads(out)["details"]["settings"] == frozen["settings"]
+    code, _, err = _run(capsys, "verify", "di", "--owner", owner, "--suspect", owner, "--config", str(config),
+                        "--k", "3", "--json")
+    assert code == 2 and "--config fixes the test's settings" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--self-check", "--suspect", "X"], "do not give --suspect"),
+    ([], "give --suspect DIR"),
+    (["--self-check", "--budget", "3"], "budget must be an int >= 5"),
+])
+def test_verify_di_argument_errors(owner_dir, capsys, extra, message):
+    code, _, err = _run(capsys, "verify", "di", "--owner", str(owner_dir), *extra, "--json")
+    assert code == 2 and message in err
+
+
+def test_verify_di_owner_without_split(tmp_path, capsys):
+    from encoderguard.models import ModelCard, create_encoder, save_checkpoint
+
+    enc = create_encoder("convnet", input_shape=(1, 8, 8), embed_dim=8, width=4, depth=2)
+    save_checkpoint(tmp_path / "o", encoder=enc, card=ModelCard(arch="convnet", arch_kwargs={},
+                                                                 input_shape=(1, 8, 8), embed_dim=8))
+    code, _, err = _run(capsys, "verify", "di", "--owner", str(tmp_path / "o"), "--self-check", "--json")
+    assert code == 2 and "no split information" in err
