@@ -282,7 +282,7 @@ class DefendEvalResult:
             marker = "*" if row is self.undefended else "o"
             ax.scatter(row.honest_utility, row.attacker_gain_recovery, color=colour, marker=marker,
                        s=160 if marker == "*" else 50, zorder=3)
-            ax.annotate(row.defence, (row.honest_utility, row.attacker_gain_recovery), fontsize=7,
+            ax.annotate(short_label(row.defence), (row.honest_utility, row.attacker_gain_recovery), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
             for attack in row.adaptive:
                 ax.scatter(row.honest_utility, attack.gain_recovery, color=colour, marker="x", s=35, zorder=2)
@@ -301,6 +301,15 @@ class DefendEvalResult:
         fig.savefig(path, dpi=130)
         plt.close(fig)
         return path
+
+
+def short_label(setting: str) -> str:
+    """A setting for a plot label: coverage and rotation specs by name only (their parameters are long)."""
+    parts = []
+    for spec in split_chain(setting) or [UNDEFENDED]:
+        name, _, params = spec.partition(":")
+        parts.append(name if name in ("coverage", "orthogonal") or not params else f"{name}:{params}")
+    return "+".join(parts)
 
 
 class DefenceEvaluation:
