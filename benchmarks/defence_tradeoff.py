@@ -7,7 +7,7 @@ per-key rotations, with the adaptive attacks that are cheap for each. Finished r
 ``benchmarks/out/defences/rows`` and reused by a rerun with the same settings.
 
 Usage: .venv/bin/python benchmarks/defence_tradeoff.py [--victim runs/victim] [--transport http] [--epochs 30]
-       [--budget 2000] [--coverage SPEC] [--only SUBSTRING] [--budget-curve 500,1000]
+       [--budget 2000] [--coverage SPEC] [--only SUBSTRING] [--budget-curve 500,1000] [--seed S] [--no-adaptive]
 Writes benchmarks/out/defences/{defences.md,defences.csv,defences.json,defences.png} and prints the table.
 """
 
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> DefendEvalResult:
     p.add_argument("--coverage", default=None, help="coverage spec (default: benchmarks/out/defence_calibration.json)")
     p.add_argument("--only", default=None, help="run only the settings containing this substring")
     p.add_argument("--budget-curve", default="", help="also steal the undefended API at these budgets")
+    p.add_argument("--seed", type=int, default=0, help="seeds users, query order and copies (replications)")
+    p.add_argument("--no-adaptive", action="store_true", help="skip the adaptive attacks")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -67,15 +69,18 @@ def main(argv: list[str] | None = None) -> DefendEvalResult:
     plan = settings(coverage)
     if args.only:
         plan = {k: v for k, v in plan.items() if args.only in k}
+    if args.no_adaptive:
+        plan = {k: [] for k in plan}
+    out = OUT if args.seed == 0 else OUT / f"seed-{args.seed}"
     evaluation = DefenceEvaluation(args.victim, budget=args.budget, loss=args.loss, epochs=args.epochs,
-                                   transport=args.transport, out_dir=OUT, progress=False)
+                                   transport=args.transport, seed=args.seed, out_dir=out, progress=False)
     result = evaluation.run(list(plan), adaptive={**plan, "none": []})
-    OUT.mkdir(parents=True, exist_ok=True)
-    suffix = "" if not args.only else "-partial"
-    (OUT / f"defences{suffix}.md").write_text(result.to_markdown())
-    (OUT / f"defences{suffix}.csv").write_text(result.to_csv())
-    (OUT / f"defences{suffix}.json").write_text(json.dumps(result.to_dict(), indent=1, default=str))
-    result.plot(OUT / f"defences{suffix}.png")
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if not (args.only or args.no_adaptive) else "-partial"
+    (out / f"defences{suffix}.md").write_text(result.to_markdown())
+    (out / f"defences{suffix}.csv").write_text(result.to_csv())
+    (out / f"defences{suffix}.json").write_text(json.dumps(result.to_dict(), indent=1, default=str))
+    result.plot(out / f"defences{suffix}.png")
     print(result.to_markdown())
     print(f"victim linear probe {result.victim_linear_acc:.4f}, random init {result.random_init_linear_acc:.4f}")
     for budget in (int(b) for b in args.budget_curve.split(",") if b.strip()):

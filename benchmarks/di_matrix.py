@@ -87,6 +87,9 @@ def main() -> None:
     parser.add_argument("--heldout-cache", type=int, default=10000)
     parser.add_argument("--budgets", default="100,200,300,500,750,1000,1500,2500")
     parser.add_argument("--budget-draws", type=int, default=5)
+    parser.add_argument("--null-encoders", type=int, default=3, help="random-init null encoders (as the CLI)")
+    parser.add_argument("--draw-permutations", type=int, default=999,
+                        help="relabellings per test in the calibration and budget sections")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: calibration,robustness,budget")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -108,8 +111,8 @@ def main() -> None:
 
     # 1. the matrix --------------------------------------------------------------------------------------------
     started = time.perf_counter()
-    di = DatasetInference().fit(members=train, nonmembers=heldout, owner=owner.encoder,
-                                null_models=[random_init_like(owner.encoder, seed=10_000 + i) for i in range(2)])
+    null_models = [random_init_like(owner.encoder, seed=10_000 + i) for i in range(args.null_encoders)]
+    di = DatasetInference().fit(members=train, nonmembers=heldout, owner=owner.encoder, null_models=null_models)
     fit_s = time.perf_counter() - started
     check = di.self_check_
     assert check is not None
@@ -134,29 +137,56 @@ def main() -> None:
     x_train = train.float()
     answers = {name: (encode(m, x_train).double().numpy(), encode(m, h_cache).double().numpy())
                for name, m in suspects.items()}
+    null_ans = [(encode(m, x_train).double().numpy(), encode(m, h_cache).double().numpy()) for m in null_models]
     m_default, h_default = di.settings()["members"], di.settings()["nonmembers"]
+    perms = args.draw_permutations
+
+    # baselines on the matrix draw: the seed's method and the unadjusted statistic -----------------------------
+    baselines = {"seed-gmm-higher-welch": {"score": "gmm", "design": "split", "test": "welch", "direction": "higher",
+                                           "geometry": "cosine", "gmm_components": 20, "gmm_covariance": "diag"},
+                 "gmm-lower-welch": {"score": "gmm", "design": "split", "test": "welch", "direction": "lower",
+                                     "geometry": "cosine", "gmm_components": 20, "gmm_covariance": "diag"},
+                 "knn-unadjusted": {"adjust": False}}
+    report["baselines"] = {}
+    for name, (a_t, a_h) in answers.items():
+        rng = np.random.default_rng(1)
+        hi = rng.choice(len(a_h), size=h_default, replace=False)
+        row = {}
+        for bname, settings in baselines.items():
+            r = DatasetInference(**settings).test_answers(a_t[:m_default], a_h[hi], null_answers=[])
+            row[bname] = {"p_value": r.p_value, "effect": r.effect}
+        report["baselines"][name] = row
+        print(name, {k: round(v["p_value"], 5) for k, v in row.items()}, flush=True)
 
     # 2. calibration -------------------------------------------------------------------------------------------
     if "calibration" not in skip:
-        for name, (a_t, a_h) in answers.items():
+        owner_ps: dict[str, list[float]] = {name: [] for name in answers}
+        pseudo_ps: dict[str, list[float]] = {name: [] for name in answers if expected(name) == "independent"}
+        n_t, n_h = len(next(iter(answers.values()))[0]), len(next(iter(answers.values()))[1])
+        for draw in range(args.draws):
+            # owner draws: the owner's sample, a fresh held-out sample and fresh relabellings
+            rng = np.random.default_rng(100 + draw)
+            mi = np.sort(rng.choice(n_t, size=min(m_default, n_t), replace=False))
+            hi = rng.choice(n_h, size=h_default, replace=False)
+            di_draw = DatasetInference(seed=draw, n_permutations=perms)
+            nulls = [(nt[mi], nh[hi]) for nt, nh in null_ans]
+            for name, (a_t, a_h) in answers.items():
+                owner_ps[name].append(di_draw.test_answers(a_t[mi], a_h[hi], null_answers=nulls).p_value)
+            # pseudo-owner draws: held-out images play owner-train (no suspect below ever saw them)
+            rng = np.random.default_rng(500 + draw)
+            perm = rng.permutation(n_h)
+            pm, ph = perm[:m_default], perm[m_default: m_default + h_default]
+            nulls = [(nh[pm], nh[ph]) for _, nh in null_ans]
+            for name in pseudo_ps:
+                a_h = answers[name][1]
+                pseudo_ps[name].append(di_draw.test_answers(a_h[pm], a_h[ph], null_answers=nulls).p_value)
+            print(f"draw {draw}: " + " ".join(f"{k} {v[-1]:.3f}" for k, v in owner_ps.items()), flush=True)
+        for name in answers:
             entry: dict[str, Any] = {}
-            ps = []
-            for draw in range(args.draws):
-                rng = np.random.default_rng(100 + draw)
-                mi = np.sort(rng.choice(len(a_t), size=min(m_default, len(a_t)), replace=False))
-                hi = rng.choice(len(a_h), size=h_default, replace=False)
-                ps.append(DatasetInference(seed=draw).test_answers(a_t[mi], a_h[hi]).p_value)
-            entry["owner_sample"] = {"flagged": int(sum(p < 0.01 for p in ps)), "draws": len(ps),
-                                     "median_p": float(np.median(ps)), "p_values": ps}
-            if expected(name) == "independent":
-                ps = []
-                for draw in range(args.draws):
-                    rng = np.random.default_rng(500 + draw)
-                    perm = rng.permutation(len(a_h))
-                    mi, hi = perm[:m_default], perm[m_default: m_default + h_default]
-                    ps.append(DatasetInference(seed=draw).test_answers(a_h[mi], a_h[hi]).p_value)
-                entry["pseudo_owner"] = {"flagged": int(sum(p < 0.01 for p in ps)), "draws": len(ps),
-                                         "median_p": float(np.median(ps)), "p_values": ps}
+            for label, ps in (("owner_sample", owner_ps.get(name)), ("pseudo_owner", pseudo_ps.get(name))):
+                if ps:
+                    entry[label] = {"flagged": int(sum(p < 0.01 for p in ps)), "draws": len(ps),
+                                    "median_p": float(np.median(ps)), "p_values": ps}
             report["calibration"][name] = entry
             print(name, {k: (v["flagged"], v["draws"], round(v["median_p"], 4)) for k, v in entry.items()},
                   flush=True)
@@ -176,25 +206,29 @@ def main() -> None:
     # 4. query budget ------------------------------------------------------------------------------------------
     if "budget" not in skip:
         budgets = [int(b) for b in args.budgets.split(",")]
-        for name, (a_t, a_h) in answers.items():
-            per: dict[str, Any] = {}
-            for budget in budgets:
-                m, h = split_budget(budget, len(a_t))
-                ps = []
-                for draw in range(args.budget_draws):
-                    rng = np.random.default_rng(900 + draw)
-                    mi = rng.choice(len(a_t), size=m, replace=False)
-                    hi = rng.choice(len(a_h), size=h, replace=False)
+        n_t, n_h = len(next(iter(answers.values()))[0]), len(next(iter(answers.values()))[1])
+        per: dict[str, dict[str, list[float]]] = {name: {} for name in answers}
+        for budget in budgets:
+            m, h = split_budget(budget, n_t)
+            for draw in range(args.budget_draws):
+                rng = np.random.default_rng(900 + draw)
+                mi = rng.choice(n_t, size=m, replace=False)
+                hi = rng.choice(n_h, size=h, replace=False)
+                di_draw = DatasetInference(seed=draw, members=m, nonmembers=h, n_permutations=perms)
+                nulls = [(nt[mi], nh[hi]) for nt, nh in null_ans]
+                for name, (a_t, a_h) in answers.items():
                     try:
-                        ps.append(DatasetInference(seed=draw, members=m, nonmembers=h)
-                                  .test_answers(a_t[mi], a_h[hi]).p_value)
+                        p = di_draw.test_answers(a_t[mi], a_h[hi], null_answers=nulls).p_value
                     except ValueError:
-                        ps.append(math.nan)
-                per[str(budget)] = {"detected": int(sum(p < 0.01 for p in ps)), "draws": len(ps),
-                                    "median_p": float(np.nanmedian(ps))}
-            ok = [b for b in budgets if per[str(b)]["detected"] == args.budget_draws]
-            report["budget"][name] = {"per_budget": per, "fewest_all_detected": min(ok) if ok else None}
-            print(name, {b: (v["detected"], round(v["median_p"], 4)) for b, v in per.items()}, flush=True)
+                        p = math.nan
+                    per[name].setdefault(str(budget), []).append(p)
+            print(f"budget {budget}: " + " ".join(f"{k} {np.nanmedian(v[str(budget)]):.3f}" for k, v in per.items()),
+                  flush=True)
+        for name in answers:
+            rows = {b: {"detected": int(sum(p < 0.01 for p in ps)), "draws": len(ps),
+                        "median_p": float(np.nanmedian(ps))} for b, ps in per[name].items()}
+            ok = [b for b in budgets if rows[str(b)]["detected"] == args.budget_draws]
+            report["budget"][name] = {"per_budget": rows, "fewest_all_detected": min(ok) if ok else None}
 
     ok = all(r["correct"] for r in report["matrix"])
     report["all_correct"] = ok

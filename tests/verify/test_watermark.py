@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.stats import binomtest
 from tests.conftest import tiny_encoder
 
 from encoderguard.api import LocalAPI
@@ -100,6 +101,9 @@ def test_owner_is_stolen_and_random_init_is_not(owner, owner_api):
     assert mine.effect == pytest.approx(mine.statistic - 0.5)
     assert mine.details["owner_accuracy"] == pytest.approx(mine.statistic)  # the owner is its own suspect
     assert mine.details["scale"] == pytest.approx(1.0)
+    strict = WatermarkVerifier(owner, max_queries=300, null_accuracy=0.6).verify(owner_api)
+    assert strict.p_value == pytest.approx(binomtest(mine.details["correct"], 300, 0.6, alternative="greater").pvalue)
+    assert strict.p_value > mine.p_value and strict.effect == pytest.approx(mine.statistic - 0.6)
     for seed in (1, 2):
         other = verifier.verify(LocalAPI(random_init_like(load_encoder(owner), seed=seed)))
         assert other.verdict == "independent" and other.p_value > 0.01
@@ -255,6 +259,7 @@ def test_bad_answers_raise_api_error(owner, owner_api, corrupt, match):
 
 @pytest.mark.parametrize(("kwargs", "match"), [({"max_queries": 1}, "max_queries"), ({"alpha": 1.0}, "alpha"),
                                                ({"decoys": 1.0}, "decoys"), ({"seed": -1}, "seed"),
+                                               ({"null_accuracy": 0.0}, "null_accuracy"),
                                                ({"max_queries": 4, "decoys": 0.9}, "fewer than 2")])
 def test_bad_settings(owner, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoys", type=_fraction, default=0.0,
                    help="fraction of --queries spent on un-rotated images mixed among the watermark queries "
                         "(default 0)")
+    p.add_argument("--null-accuracy", type=float, default=0.5,
+                   help="accuracy expected without the watermark, tested against (default 0.5)")
     p.add_argument("--mirror", action="store_true",
                    help="mirror a random half of each class (mirror-balanced set): encoders whose head output does "
                         "not change under a mirror then score 0.5 whatever their chance correlation with the head")
@@ -44,8 +46,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.queries < 2:
         raise ValueError(f"--queries must be >= 2, got {args.queries}")
     verifier = WatermarkVerifier(args.owner, max_queries=args.queries, alpha=args.alpha, seed=args.seed,
-                                 decoys=args.decoys, mirror=args.mirror, match_scale=not args.no_match_scale,
-                                 data_dir=args.data_dir)
+                                 null_accuracy=args.null_accuracy, decoys=args.decoys, mirror=args.mirror,
+                                 match_scale=not args.no_match_scale, data_dir=args.data_dir)
     api = suspect_api(args)
     result = verifier.verify(api).to_dict()
     result["suspect"] = args.suspect or args.suspect_api

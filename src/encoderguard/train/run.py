@@ -58,6 +58,11 @@ def train_to_dir(*, data: SplitSpec, arch: str, arch_kwargs: dict[str, Any], con
     kwargs = dict(arch_kwargs)
     encoder = create_encoder(arch, input_shape=images.input_shape, **kwargs)
     log(f"training {arch} on {images.name} ({len(images)} images, {config.epochs} epochs)")
+    if config.watermark_weight > 0 and config.seed == 0:
+        # Encoders that start from the owner's initial weights read the owner's head above chance even without the
+        # watermark (docs/watermark.md), and seed 0 is everyone's default.
+        log("warning: watermarking with the default seed 0; use a private --seed so that no innocent encoder "
+            "shares the owner's initial weights")
     out.mkdir(parents=True, exist_ok=True)
     result = train_simclr(encoder, images, config, work_dir=out, progress=progress, device=device)
     metrics: dict[str, Any] = {"final_loss": result.epoch_losses[-1], "train_seconds": None}

@@ -447,13 +447,15 @@ class DatasetInference:
     def _null_statistics(self, nulls: Sequence[Answers], labels: np.ndarray, seed: int) -> np.ndarray:
         """The set statistic of every null encoder on the same labellings as the suspect's (same seed).
 
-        Cached per (seed, answer arrays): the owner's self-check and every suspect tested on the fitted pool share
-        one computation.
+        The last two results are cached per (seed, answer arrays): the owner's self-check and every suspect tested
+        on the same pool share one computation.
         """
         key = (seed, int(labels.sum()), labels.size, tuple(id(x) for pair in nulls for x in pair))
         cache = self.__dict__.setdefault("_null_cache", {})
         if key in cache:
             return cache[key][0]
+        while len(cache) >= 2:
+            cache.pop(next(iter(cache)))
         statistics = [self._set_statistic(np.asarray(m, dtype=np.float64), np.asarray(h, dtype=np.float64))[1]
                       for m, h in nulls]
         controls = permutation_statistics(statistics, labels, n_permutations=self.n_permutations,

@@ -55,6 +55,10 @@ class WatermarkVerifier:
             ``watermark.verify_seed``, which the card's ``heldout_acc`` was measured with.
         decoys: fraction of the budget spent on un-rotated owner-heldout images mixed in among the rotated ones,
             so that the suspect does not receive a batch made only of rotated images. Decoy answers are discarded.
+        null_accuracy: accuracy expected from an encoder that did not inherit the watermark (default 0.5, chance
+            on the balanced set). Independent encoders deviate from 0.5 by more than binomial noise (a fixed
+            head reads any encoder's orientation features with a small bias of either sign: docs/watermark.md), so
+            an owner who measured its head on reference encoders may test against a higher value.
         mirror: mirror (flip left-right) a random half of each class of rotated images; a mirrored image's
             rotation class is the opposite one (the mirror of a rotation by ``a`` is a rotation by ``-a`` of the
             mirrored image). The set is then closed under mirroring, so an encoder whose head output does not change
@@ -83,7 +87,8 @@ class WatermarkVerifier:
 
     def __init__(self, owner: str | os.PathLike[str] | Checkpoint | ModelCard, *, head: nn.Module | None = None,
                  max_queries: int = 1000, alpha: float = 0.01, seed: int | None = None, decoys: float = 0.0,
-                 mirror: bool = False, match_scale: bool = True, data_dir: str | None = None,
+                 null_accuracy: float = 0.5, mirror: bool = False, match_scale: bool = True,
+                 data_dir: str | None = None,
                  images: ImageSet | None = None) -> None:
         if isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries < 2:
             raise ValueError(f"max_queries must be an integer >= 2, got {max_queries!r}")
@@ -91,6 +96,8 @@ class WatermarkVerifier:
             raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        if not (isinstance(null_accuracy, (int, float)) and 0 < null_accuracy < 1):
+            raise ValueError(f"null_accuracy must be in (0, 1), got {null_accuracy!r}")
         if not (isinstance(decoys, (int, float)) and 0 <= decoys < 1):
             raise ValueError(f"decoys must be a fraction in [0, 1), got {decoys!r}")
         self.source = str(owner) if isinstance(owner, (str, os.PathLike)) else type(owner).__name__
@@ -102,6 +109,7 @@ class WatermarkVerifier:
         self.max_queries = max_queries
         self.alpha = float(alpha)
         self.decoys = float(decoys)
+        self.null_accuracy = float(null_accuracy)
         self.mirror = bool(mirror)
         self.match_scale = bool(match_scale)
         self.data_dir = data_dir
@@ -166,7 +174,8 @@ class WatermarkVerifier:
 
         Returns:
             A :class:`Verdict` with ``method="watermark"``, ``statistic`` = accuracy of the owner's head on the
-            suspect's answers, ``effect`` = accuracy - 0.5 (the chance level of the balanced set; the owner's own
+            suspect's answers, ``p_value`` of the exact one-sided binomial test against ``null_accuracy``,
+            ``effect`` = accuracy - ``null_accuracy`` (0.5 by default: chance on the balanced set; the owner's own
             encoder shows the largest effect the test can expect), ``n`` verification images and ``queries_used``.
             ``"inconclusive"`` when the owner's own encoder (or, without it, the card's held-out check) does not
             carry a significant watermark.
@@ -214,7 +223,7 @@ class WatermarkVerifier:
         hits = pred == labels
         correct = int(hits.sum())
         accuracy = correct / n
-        p_value = binomial_test_greater(correct, n)
+        p_value = binomial_test_greater(correct, n, self.null_accuracy)
         p_below = binomial_test_less(correct, n)
         share1 = float((pred == 1).float().mean())
 
@@ -234,9 +243,10 @@ class WatermarkVerifier:
                             "errors on this suspect follow the rotation, so the coin-flip null of the binomial test "
                             "does not describe it; do not read a high accuracy on such an encoder as proof")
         low, high = binomial_confidence_interval(correct, n)
-        needed = min_successes_greater(n, self.alpha)
+        needed = min_successes_greater(n, self.alpha, self.null_accuracy)
         details: dict[str, Any] = {
-            "accuracy": accuracy, "correct": correct, "effect_kind": "accuracy - 0.5 (chance on a balanced set)",
+            "accuracy": accuracy, "correct": correct, "null_accuracy": self.null_accuracy,
+            "effect_kind": "accuracy - null_accuracy (0.5: chance on a balanced set)",
             "accuracy_ci95": [low, high],
             "min_accuracy_for_stolen": None if needed is None else needed / n,
             "class_balance": {"rotated_0_180": int((labels == 0).sum()), "rotated_180_360": int((labels == 1).sum())},
@@ -251,7 +261,8 @@ class WatermarkVerifier:
             "suspect_mean_norm": suspect_norm, "owner_mean_norm": owner_norm,
         }
         return Verdict(method="watermark", verdict=verdict, p_value=p_value, alpha=self.alpha, statistic=accuracy,
-                       effect=accuracy - 0.5, n=n, queries_used=queries, warnings=tuple(warnings), details=details)
+                       effect=accuracy - self.null_accuracy, n=n, queries_used=queries, warnings=tuple(warnings),
+                       details=details)
 
     def _predict(self, z: torch.Tensor) -> torch.Tensor:
         self.head.eval()
