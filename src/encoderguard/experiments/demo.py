@@ -171,7 +171,7 @@ def run_demo(out_dir: str | Path, *, settings: DemoSettings | None = None, data_
         summary["stolen"] = _run_json("steal", [
             "steal", "--api", server.url, "--key", attacker["key"], "--budget", str(budget), "--loss", settings.loss,
             "--query-data", f"{settings.dataset}:query", "--epochs", str(settings.steal_epochs),
-            "--victim-for-eval", str(victim_dir), "--ledger", str(ledger), "--seed", str(settings.seed),
+            "--victim-for-eval", str(victim_dir), "--ledger", str(ledger), "--seed", str(settings.seed + 2),
             "--out", str(stolen_dir)], env=env)
         done()
     finally:
