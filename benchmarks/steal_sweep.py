@@ -40,9 +40,14 @@ def main() -> None:
     p.add_argument("--min-steps", type=int, default=None)
     p.add_argument("--augmentation", default=None)
     p.add_argument("--out", default="benchmarks/out/steal_sweep")
+    p.add_argument("--replot", action="store_true",
+                   help="no stealing: recompute the reference lines and rewrite the table and plots of OUT/sweep.json")
     args = p.parse_args()
     ckpt = load_checkpoint(args.victim)
     spec = SplitSpec.from_dict(ckpt.card.data or {})
+    if args.replot:
+        replot(args, ckpt, spec)
+        return
     dataset, split = parse_data_spec(args.query_data or f"{spec.dataset}:query", default_split="query")
     query = load_split(SplitSpec(dataset, split, spec.split_seed, spec.train_size))
     probe_train, probe_test = probe_sets(spec.dataset, split_seed=spec.split_seed)
@@ -68,6 +73,27 @@ def main() -> None:
     Path(args.out, "sweep.json").write_text(json.dumps(report, indent=2) + "\n")
     print(Path(args.out, "sweep.md").read_text())
     print(f"queries paid for the whole sweep (ledger): {paid}; largest budget {budgets[-1]}")
+
+
+def replot(args: argparse.Namespace, ckpt, spec: SplitSpec) -> None:  # type: ignore[no-untyped-def]
+    from encoderguard.attacks import mean_cosine
+    from encoderguard.experiments.sweep import SweepRow, plot_sweep, write_table
+    from encoderguard.train.probe import encode
+
+    path = Path(args.out, "sweep.json")
+    report = json.loads(path.read_text())
+    rows = [SweepRow(**r) for r in report["rows"]]
+    _, probe_test = probe_sets(spec.dataset, split_seed=spec.split_seed)
+    victim = encode(ckpt.encoder, probe_test)
+    models = {"random init": random_init_like(ckpt.encoder, seed=1)}
+    if args.independent:
+        models = {"independent": load_encoder(args.independent), **models}
+    report["references"] = {name: mean_cosine(encode(m, probe_test), victim) for name, m in models.items()}
+    out = Path(args.out)
+    write_table(rows, out, references=report["references"])
+    plot_sweep(rows, out, references=report["references"])
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print((out / "sweep.md").read_text())
 
 
 if __name__ == "__main__":

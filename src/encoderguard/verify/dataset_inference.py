@@ -464,12 +464,13 @@ class DatasetInference:
         return controls
 
     # -- self-check ------------------------------------------------------------------------------------------
-    def self_check(self, owner: Any, *, budgets: Sequence[int] | None = None, repeats: int = 5) -> SelfCheck:
+    def self_check(self, owner: Any, *, budgets: Sequence[int] | None = None, repeats: int = 3) -> SelfCheck:
         """Run the frozen test on the owner's own encoder: can DI protect it, and with how many queries?
 
         The owner's encoder is queried once on the fitted pool (it is the owner's own model: no suspect queries).
         Smaller budgets are tried on random sub-samples of that pool, keeping the fitted member share; null
-        encoders from :meth:`fit` are sub-sampled alike.
+        encoders from :meth:`fit` are sub-sampled alike. The budget ladder uses ``max(199, 2 / alpha)`` relabellings
+        (enough to resolve ``p < alpha``) to keep the check fast.
 
         Args:
             owner: the owner's encoder (``nn.Module`` or EmbeddingAPI).
@@ -488,8 +489,9 @@ class DatasetInference:
         m_all, h_all = owner_members.shape[0], owner_nonmembers.shape[0]
         total = m_all + h_all
         if budgets is None:
-            budgets = sorted({b for b in (100, 200, 300, 500, 700, 1000, 1500, 2000, 3000, 5000) if b < total}
-                             | {total})
+            budgets = sorted({b for b in (200, 500, 1000, 1500, 2500, 5000) if b < total} | {total})
+        ladder = DatasetInference.from_settings(
+            self.settings(), n_permutations=min(self.n_permutations, max(199, math.ceil(2 / self.alpha))))
         tried: dict[int, list[float]] = {}
         min_queries: int | None = None
         rng = np.random.default_rng(self.seed + 1)
@@ -506,8 +508,8 @@ class DatasetInference:
                 hi = rng.choice(h_all, size=h, replace=False)
                 nulls = [(nm[mi], nh[hi]) for nm, nh in getattr(self, "null_answers_", [])]
                 try:
-                    ps.append(self.test_answers(owner_members[mi], owner_nonmembers[hi], null_answers=nulls,
-                                                seed=int(rng.integers(2**31))).p_value)
+                    ps.append(ladder.test_answers(owner_members[mi], owner_nonmembers[hi], null_answers=nulls,
+                                                  seed=int(rng.integers(2**31))).p_value)
                 except ValueError:
                     ps.append(math.nan)
             tried[m + h] = ps
