@@ -41,7 +41,7 @@ class StealingLoss(nn.Module):
             ValueError: If the inputs are not 2-D, differ in shape, have fewer than :attr:`min_batch_size`
                 rows, are not floating point or contain NaN or infinity.
         """
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} is a StealingLoss subclass that does not define forward()")
 
 
 def check_pair(stolen: Tensor, victim: Tensor, *, min_batch_size: int = 1, loss_name: str = "loss") -> Tensor:
