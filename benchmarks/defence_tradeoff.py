@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> DefendEvalResult:
     p.add_argument("--budget", type=int, default=2000)
     p.add_argument("--loss", default="mse")
     p.add_argument("--coverage", default=None, help="coverage spec (default: benchmarks/out/defence_calibration.json)")
-    p.add_argument("--only", default=None, help="run only the settings containing this substring")
+    p.add_argument("--only", default=None, help="run only the settings containing this substring (a trailing $ "
+                   "anchors it at the end)")
     p.add_argument("--budget-curve", default="", help="also steal the undefended API at these budgets")
     p.add_argument("--seed", type=int, default=0, help="seeds users, query order and copies (replications)")
     p.add_argument("--no-adaptive", action="store_true", help="skip the adaptive attacks")
@@ -68,7 +69,10 @@ def main(argv: list[str] | None = None) -> DefendEvalResult:
         coverage = json.loads(calibration.read_text())["spec"]
     plan = settings(coverage)
     if args.only:
-        plan = {k: v for k, v in plan.items() if args.only in k}
+        if args.only.endswith("$"):
+            plan = {k: v for k, v in plan.items() if k.endswith(args.only[:-1])}
+        else:
+            plan = {k: v for k, v in plan.items() if args.only in k}
     if args.no_adaptive:
         plan = {k: [] for k in plan}
     out = OUT if args.seed == 0 else OUT / f"seed-{args.seed}"

@@ -41,7 +41,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "knn-set-cosine-k1": {"score": "knn", "design": "set", "geometry": "cosine", "k": 1},
     "knn-set-standardised-k1": {"score": "knn", "design": "set", "geometry": "standardised", "k": 1},
     "knn-set-standardised-k5": {"score": "knn", "design": "set", "geometry": "standardised", "k": 5},
-    "knn-set-mapped-k1": {"score": "knn", "design": "set", "geometry": "mapped", "k": 1, "calibration": 1000},
+    "knn-set-standardised-k1-adjusted": {"score": "knn", "design": "set", "geometry": "standardised", "k": 1,
+                                         "adjust": True},
     "knn-split-standardised-welch": {"score": "knn", "design": "split", "test": "welch",
                                      "geometry": "standardised"},
     "gmm-split-pca32-c10-diag": {"score": "gmm", "design": "split", "test": "welch", "geometry": "cosine",
@@ -63,7 +64,8 @@ def main() -> None:
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--train-size", type=int, default=500)
     parser.add_argument("--model", action="append", default=[], metavar="NAME=DIR")
-    parser.add_argument("--random-init", type=int, default=3, help="random-init null encoders (victim's arch)")
+    parser.add_argument("--random-init", type=int, default=3, help="random-init suspects (victim's arch)")
+    parser.add_argument("--null-encoders", type=int, default=3, help="control encoders of the adjusted variant")
     parser.add_argument("--heldout-cache", type=int, default=10000)
     parser.add_argument("--members", type=int, default=500)
     parser.add_argument("--nonmembers", type=int, default=2000)
@@ -85,23 +87,23 @@ def main() -> None:
         models[f"random{i}"] = ("null", random_init_like(base, seed=5000 + i))
     variants = {k: VARIANTS[k] for k in (args.variant or VARIANTS)}
     rows: list[dict[str, Any]] = []
-    owner_held: np.ndarray | None = None  # the owner's (first model's) answers, reference of "mapped"
+    # control encoders of the adjusted variant: random initialisations of the owner's architecture, as `verify di`
+    controls = [_answers(random_init_like(base, seed=10_000 + i), train, heldout) for i in range(args.null_encoders)]
     for name, (kind, model) in models.items():
         t0 = time.perf_counter()
         a_train, a_held = _answers(model, train, heldout)
-        owner_held = a_held if owner_held is None else owner_held
         embed_s = time.perf_counter() - t0
         for variant, settings in variants.items():
+            settings = {"adjust": False, **settings}
             di = DatasetInference(**{"members": None, "nonmembers": args.nonmembers, **settings},
                                   n_permutations=args.permutations)
-            n_cal = di.calibration
             for draw in range(args.draws):
                 rng = np.random.default_rng(1000 * draw + 7)
                 perm = rng.permutation(len(a_held))
-                hi, ci = perm[: args.nonmembers], perm[args.nonmembers: args.nonmembers + n_cal]
+                hi = perm[: args.nonmembers]
+                nulls = [(ct[: args.members], ch[hi]) for ct, ch in controls] if di.adjust else []
                 t1 = time.perf_counter()
-                r = di.test_answers(a_train[: args.members], a_held[hi], calibration_answers=a_held[ci],
-                                    owner_calibration=owner_held[ci], seed=draw)
+                r = di.test_answers(a_train[: args.members], a_held[hi], null_answers=nulls, seed=draw)
                 rows.append({"model": name, "kind": kind, "variant": variant, "draw": draw, "sample": "owner",
                              "p": r.p_value, "z": r.z, "effect": r.effect, "auc": r.auc,
                              "seconds": time.perf_counter() - t1})
@@ -109,9 +111,8 @@ def main() -> None:
                     perm = rng.permutation(len(a_held))
                     mi = perm[: args.members]
                     ni = perm[args.members: args.members + args.nonmembers]
-                    ci = perm[args.members + args.nonmembers: args.members + args.nonmembers + n_cal]
-                    r = di.test_answers(a_held[mi], a_held[ni], calibration_answers=a_held[ci],
-                                        owner_calibration=owner_held[ci], seed=draw)
+                    nulls = [(ch[mi], ch[ni]) for _, ch in controls] if di.adjust else []
+                    r = di.test_answers(a_held[mi], a_held[ni], null_answers=nulls, seed=draw)
                     rows.append({"model": name, "kind": kind, "variant": variant, "draw": draw,
                                  "sample": "pseudo-owner", "p": r.p_value, "z": r.z, "effect": r.effect,
                                  "auc": r.auc, "seconds": None})

@@ -40,9 +40,23 @@ def test_query_order_prefixes_are_samples():
         query_order(5, strategy="best")
 
 
-def test_steal_cli_end_to_end(tiny_checkpoint, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def victim_dir(tmp_path_factory):
+    """A briefly trained digits encoder (train_size 200, 1 epoch), shared by this module's CLI tests."""
+    from encoderguard.data import SplitSpec
+    from encoderguard.train.run import train_to_dir
+    from encoderguard.train.simclr import SimCLRConfig
+
+    out = tmp_path_factory.mktemp("victim") / "tiny"
+    train_to_dir(data=SplitSpec("digits", "owner-train", 0, 200), arch="convnet",
+                 arch_kwargs={"width": 4, "depth": 2, "embed_dim": 16}, config=SimCLRConfig(epochs=1, batch_size=64),
+                 out_dir=out, probe=False, progress=False)
+    return out
+
+
+def test_steal_cli_end_to_end(victim_dir, tmp_path, capsys):
     out = tmp_path / "stolen"
-    argv = ["steal", "--victim", str(tiny_checkpoint), "--budget", "120", "--loss", "infonce", "--loss-arg",
+    argv = ["steal", "--victim", str(victim_dir), "--budget", "120", "--loss", "infonce", "--loss-arg",
             "temperature=0.2", "--epochs", "2", "--width", "4", "--depth", "2", "--embed-dim", "8",
             "--out", str(out), "--json", "--no-progress"]
     assert main(argv) == 0
@@ -75,8 +89,8 @@ def test_steal_cli_end_to_end(tiny_checkpoint, tmp_path, capsys):
     (["--budget", "5", "--query-data", "fashion-mnist"], "(1, 28, 28) but the victim API takes (1, 8, 8)"),
     (["--budget", "5", "--loss-arg", "temperature"], "--loss-arg expects NAME=VALUE"),
 ])
-def test_steal_cli_errors(tiny_checkpoint, tmp_path, capsys, extra, message):
-    code = main(["steal", "--victim", str(tiny_checkpoint), "--out", str(tmp_path / "o"), *extra])
+def test_steal_cli_errors(victim_dir, tmp_path, capsys, extra, message):
+    code = main(["steal", "--victim", str(victim_dir), "--out", str(tmp_path / "o"), *extra])
     out, err = capsys.readouterr()
     if "fashion-mnist" in extra and "not found" in err:
         pytest.skip("Fashion-MNIST is not installed")

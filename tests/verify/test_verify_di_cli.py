@@ -36,6 +36,9 @@ def test_verify_di_suspect_and_self_check(owner_dir, tmp_path, capsys):
     assert result["verdict"] in ("stolen", "independent", "inconclusive")
     assert result["alpha"] == 0.01 and result["n"] == 100 and result["queries_used"] == 100
     assert result["details"]["settings"]["members"] == 40 and "self_check" in result["details"]
+    scores = result["details"]["scores"]
+    assert set(scores) == {"owner", "suspect"} and len(scores["suspect"]["members"]) == 40
+    assert scores["suspect"]["n_members"] == 40 and scores["suspect"]["n_nonmembers"] == 60
     if not result["details"]["self_check"]["protects"]:
         assert result["verdict"] == "inconclusive"
 

@@ -129,10 +129,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         plot_source = {"suspect": di.last_result_} if getattr(di, "last_result_", None) is not None else {}
         if di.self_check_ is not None:
             plot_source = {"owner": di.self_check_.owner, **plot_source}
-    if args.plot:
-        from encoderguard.verify.di_plot import plot_score_distributions, score_distributions
+    from encoderguard.verify.di_plot import score_distributions
 
-        result["plot"] = str(plot_score_distributions(score_distributions(plot_source), args.plot))
+    if plot_source:
+        distributions = score_distributions(plot_source)
+        # Histogram data of the two score distributions (owner-train vs owner-heldout) for reports.
+        result.setdefault("details", {})["scores"] = distributions
+        if args.plot:
+            from encoderguard.verify.di_plot import plot_score_distributions
+
+            result["plot"] = str(plot_score_distributions(distributions, args.plot))
     return result
 
 

@@ -205,15 +205,13 @@ def plot_sweep(rows: Sequence[SweepRow], out_dir: Path, *, references: dict[str,
         for loss in dict.fromkeys(r.loss for r in rows):
             points = sorted((r.queries_paid, getattr(r, metric)) for r in rows if r.loss == loss)
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=loss)
-        for name, value in refs.items():
-            ax.axhline(value, linestyle="--", color="grey", linewidth=1)
-            ax.annotate(name, (ax.get_xlim()[0], value), textcoords="offset points", xytext=(4, 3), fontsize=8,
-                        color="grey")
+        for (name, value), style in zip(refs.items(), ("--", ":", "-."), strict=False):
+            ax.axhline(value, linestyle=style, color="grey", linewidth=1, label=f"{name} ({value:.3f})")
         ax.set_xscale("log")
         ax.set_xlabel("queries paid")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / f"{metric.replace('_cosine', '')}.png"
         fig.savefig(path, dpi=120)

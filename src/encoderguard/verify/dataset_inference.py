@@ -77,7 +77,9 @@ DESIGNS = ("set", "split")
 TESTS = ("permutation", "welch")
 DIRECTIONS = ("lower", "higher")
 COVARIANCES = ("full", "diag", "spherical", "tied")
-MEMBER_SHARE = 0.2  # default share of owner-train images in a query budget (500 of 2500)
+# Share of a query budget spent on owner-train images while they last: the members carry the signal (each one is
+# scored against the others), so with few owner images all of them go in first (measured on the development split).
+MEMBER_SHARE = 0.5
 INDEPENDENT_WARNING = ("'independent' means the test found no evidence of derivation at this query budget; it is not "
                        "a proof of independence")
 
@@ -213,10 +215,11 @@ class DatasetInference:
         if design == "set" and test != "permutation":
             raise ValueError(f"design 'set' is tested by permutation only (its scores are not independent), got "
                              f"test={test!r}")
-        for name, value, low in (("k", k, 1), ("nonmembers", nonmembers, 2), ("n_permutations", n_permutations, 1),
-                                 ("gmm_components", gmm_components, 1), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        for label, number, low in (("k", k, 1), ("nonmembers", nonmembers, 2),
+                                   ("n_permutations", n_permutations, 1), ("gmm_components", gmm_components, 1),
+                                   ("seed", seed, 0)):
+            if isinstance(number, bool) or not isinstance(number, int) or number < low:
+                raise ValueError(f"{label} must be an int >= {low}, got {number!r}")
         if members is not None and (isinstance(members, bool) or not isinstance(members, int) or members < 3):
             raise ValueError(f"members must be an int >= 3 or None, got {members!r}")
         if gmm_pca_dim is not None and (isinstance(gmm_pca_dim, bool) or not isinstance(gmm_pca_dim, int)
@@ -352,7 +355,8 @@ class DatasetInference:
         pool = torch.cat([self.member_images_, self.nonmember_images_])[torch.from_numpy(self.order_)]
         before = _queries_used(api)
         answers = _embed(api, pool)
-        used = _queries_used(api) - before if before is not None else pool.shape[0]
+        after = _queries_used(api)
+        used = after - before if before is not None and after is not None else pool.shape[0]
         arr = _check_answers(answers, pool.shape[0])
         unshuffled = np.empty_like(arr)
         unshuffled[self.order_] = arr
@@ -468,9 +472,9 @@ class DatasetInference:
         """Run the frozen test on the owner's own encoder: can DI protect it, and with how many queries?
 
         The owner's encoder is queried once on the fitted pool (it is the owner's own model: no suspect queries).
-        Smaller budgets are tried on random sub-samples of that pool, keeping the fitted member share; null
-        encoders from :meth:`fit` are sub-sampled alike. The budget ladder uses ``max(199, 2 / alpha)`` relabellings
-        (enough to resolve ``p < alpha``) to keep the check fast.
+        Smaller budgets are tried on random sub-samples of that pool, shared between members and non-members by
+        :func:`split_budget`; null encoders from :meth:`fit` are sub-sampled alike. The budget ladder uses
+        ``max(199, 2 / alpha)`` relabellings (enough to resolve ``p < alpha``) to keep the check fast.
 
         Args:
             owner: the owner's encoder (``nn.Module`` or EmbeddingAPI).
@@ -496,8 +500,10 @@ class DatasetInference:
         min_queries: int | None = None
         rng = np.random.default_rng(self.seed + 1)
         for budget in sorted(int(b) for b in budgets):
-            m = min(m_all, max(3, int(round(budget * m_all / total))))
-            h = min(h_all, budget - m)
+            if budget < 5:
+                continue
+            m, h = split_budget(budget, m_all)
+            h = min(h, h_all)
             try:
                 self._check_sizes(m, h)
             except DataError:
@@ -625,10 +631,14 @@ def owner_data(card: Any, *, data_dir: str | None = None) -> tuple[ImageSet, Ima
 def split_budget(budget: int, n_train: int, *, member_share: float = MEMBER_SHARE) -> tuple[int, int]:
     """Share a total query budget between owner-train images (members) and held-out images (non-members).
 
+    Members carry the signal (each is scored against the others), so they get ``member_share`` of the budget
+    (default half) as long as there are owner-train images left; the rest goes to non-members. With 500 owner-train
+    images: 1000 -> 500 + 500, 2500 -> 500 + 2000.
+
     Args:
         budget: total images to send (``>= 5``).
         n_train: owner-train images available.
-        member_share: target share of members (capped by ``n_train``; the rest goes to non-members).
+        member_share: share of members (capped by ``n_train``).
 
     Returns:
         ``(members, nonmembers)`` summing to ``budget``.
