@@ -34,6 +34,17 @@ def test_train_then_probe_json(tmp_path, capsys):
     assert code == 2 and "already holds a trained model" in err
 
 
+def test_max_images_samples_another_split(tmp_path, capsys):
+    out_dir = tmp_path / "independent"
+    code, out, err = _run(capsys, "train", "--data", "digits:query", "--train-size", "200", "--max-images", "90",
+                          "--epochs", "1", "--width", "4", "--embed-dim", "8", "--batch-size", "64", "--no-probe",
+                          "--out", str(out_dir), "--json", "--no-progress")
+    assert code == 0, err
+    assert json.loads(out)["train_images"] == 90
+    card = json.loads((out_dir / "card.json").read_text())
+    assert card["data"]["split"] == "query" and card["data"]["max_images"] == 90
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--data", "nosuch", "--out", "X"], "unknown dataset 'nosuch'"),
     (["train", "--data", "digits", "--arch", "vgg", "--out", "X"], "unknown architecture 'vgg'"),
@@ -42,6 +53,7 @@ def test_train_then_probe_json(tmp_path, capsys):
     (["train", "--data", "digits", "--train-size", "5000", "--out", "X"], "leaves no held-out data"),
     (["train", "--data", "fashion-mnist", "--data-dir", "/nonexistent", "--out", "X"], "apt-get install"),
     (["probe", "--encoder", "/nonexistent/dir"], "checkpoint directory not found"),
+    (["train", "--data", "digits", "--max-images", "50", "--out", "X"], "max_images applies to splits other than"),
 ])
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys, argv, message):
     argv = [a.replace("X", str(tmp_path / "o")) for a in argv]

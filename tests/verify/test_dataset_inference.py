@@ -198,7 +198,7 @@ def test_settings_are_validated_and_round_trip():
         DatasetInference(score="gmm")
     with pytest.raises(ValueError, match="cannot give p < alpha"):
         DatasetInference(n_permutations=50, alpha=0.01)
-    assert split_budget(2500, 500) == (500, 2000) and split_budget(600, 500) == (300, 300)
+    assert split_budget(2500, 500) == (500, 2000) and split_budget(1000, 500) == (200, 800)
     assert split_budget(2500, 100) == (100, 2400)
     with pytest.raises(ValueError, match="budget"):
         split_budget(4, 500)

@@ -21,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--arch", default=None, help="encoder architecture: convnet or resnet18")
     p.add_argument("--epochs", type=positive_int, default=None)
     p.add_argument("--train-size", type=positive_int, default=None, help="images of owner-train to use")
+    p.add_argument("--max-images", type=positive_int, default=None,
+                   help="train on a seeded random sample of N images of a split other than owner-train (e.g. an "
+                   "independent model on N query images); owner-train's size is --train-size")
     p.add_argument("--heldout-size", type=positive_int, default=None, help="size of owner-heldout (default: rest)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="training seed")
     p.add_argument("--split-seed", type=non_negative_int, default=0, help="seed of the owner's data split")
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         augmentation=args.augmentation or preset["augmentation"], seed=args.seed,
         watermark_weight=args.watermark_weight if args.watermark else 0.0)
     return train_to_dir(data=spec, arch=arch, arch_kwargs=arch_kwargs, config=config, out_dir=args.out,
-                        data_dir=args.data_dir, probe=not args.no_probe, progress=not args.no_progress,
+                        max_images=args.max_images, data_dir=args.data_dir, probe=not args.no_probe, progress=not args.no_progress,
                         device=args.device, preset=args.preset)
 
 

@@ -179,8 +179,9 @@ def run_demo(out_dir: str | Path, *, settings: DemoSettings | None = None, data_
     summary["server"] = {"url": server.url, "exit_code": server.proc.returncode, "log": str(server.log_path)}
 
     done = stage("4/6 train an independent encoder on data disjoint from the owner's")
+    # as many images as the victim saw, drawn from the query split (disjoint from all of the owner's data)
     args = ["train", "--data", f"{settings.dataset}:query", "--preset", settings.preset, "--seed",
-            str(settings.seed + 1), "--out", str(indep_dir)]
+            str(settings.seed + 1), "--max-images", str(train_size), "--out", str(indep_dir)]
     if settings.independent_epochs:
         args += ["--epochs", str(settings.independent_epochs)]
     summary["independent"] = _load_or_run(indep_dir, "train independent", args, env)

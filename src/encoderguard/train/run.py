@@ -42,18 +42,30 @@ def watermark_check(encoder: torch.nn.Module, head: torch.nn.Module, images: Ima
 
 
 def train_to_dir(*, data: SplitSpec, arch: str, arch_kwargs: dict[str, Any], config: SimCLRConfig,
-                 out_dir: str | Path, data_dir: str | None = None, probe: bool = True, progress: bool = True,
-                 device: str = "cpu", preset: str | None = None) -> dict[str, Any]:
+                 out_dir: str | Path, max_images: int | None = None, data_dir: str | None = None,
+                 probe: bool = True, progress: bool = True, device: str = "cpu", preset: str | None = None
+                 ) -> dict[str, Any]:
     """Train an encoder with SimCLR on ``data`` and save it (with its card) to ``out_dir``.
 
+    ``max_images`` trains on a random sample of that many images of the split (seeded by the split seed, recorded
+    in the card); it is refused for ``owner-train``, whose size ``data.train_size`` defines the owner's split.
     Resumes from ``out_dir/resume.safetensors`` when present. Returns a summary (also stored in the card).
     """
     check_arch(arch)
+    if max_images is not None:
+        if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 2:
+            raise ValueError(f"max_images must be an int >= 2, got {max_images!r}")
+        if data.split == "owner-train":
+            raise ValueError("max_images applies to splits other than owner-train; set owner-train's size with "
+                             "train_size (--train-size)")
     out = Path(out_dir)
     if (out / CARD_FILE).exists() and not (out / RESUME_FILE).exists():
         raise FileExistsError(f"{out} already holds a trained model; choose another --out or delete it")
     started = time.perf_counter()
     images = load_split(data, data_dir=data_dir)
+    if max_images is not None and max_images < len(images):
+        sample = torch.randperm(len(images), generator=torch.Generator().manual_seed(data.split_seed))[:max_images]
+        images = images.subset(sample, name=f"{images.name}[{max_images} random]")
     torch.manual_seed(config.seed)
     kwargs = dict(arch_kwargs)
     encoder = create_encoder(arch, input_shape=images.input_shape, **kwargs)
@@ -86,8 +98,9 @@ def train_to_dir(*, data: SplitSpec, arch: str, arch_kwargs: dict[str, Any], con
     seconds = time.perf_counter() - started
     metrics["train_seconds"] = seconds
     training = {"method": "simclr", "preset": preset, **config.to_dict(), "epoch_losses": result.epoch_losses}
+    data_card = {**data.to_dict(), **({"max_images": max_images} if max_images is not None else {})}
     card = ModelCard(arch=arch, arch_kwargs={}, input_shape=encoder.input_shape, embed_dim=encoder.embed_dim,
-                     data=data.to_dict(), training=training, metrics=metrics, heads=heads, watermark=watermark)
+                     data=data_card, training=training, metrics=metrics, heads=heads, watermark=watermark)
     save_checkpoint(out, encoder=encoder, card=card, projector=result.projector,
                     watermark_head=result.watermark_head)
     (out / RESUME_FILE).unlink(missing_ok=True)
