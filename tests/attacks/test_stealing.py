@@ -168,3 +168,17 @@ def test_user_errors_name_the_problem(tmp_path, queries):
         _attack(api, tmp_path, budget=1000).extract(queries)
     with pytest.raises(APIError, match="rerun to resume.*simulated crash"):
         _attack(RecordingAPI(api, fail_after=0), tmp_path, name="c2").extract(queries)
+
+
+def test_copy_never_starts_from_the_initial_weights_of_a_same_seed_encoder(tmp_path):
+    from encoderguard.models import create_encoder
+
+    for seed in (0, 3):
+        attack = _attack(LocalAPI(_victim()), tmp_path, seed=seed)
+        copy, _ = attack.build_copy((1, 8, 8), 16)
+        torch.manual_seed(seed)  # what `train --seed S` does before building its encoder
+        owner_init = create_encoder("convnet", input_shape=(1, 8, 8), embed_dim=16, **TINY)
+        first = next(iter(copy.state_dict()))
+        assert not torch.equal(copy.state_dict()[first], owner_init.state_dict()[first])
+        again, _ = attack.build_copy((1, 8, 8), 16)  # but the copy's own initialisation is reproducible
+        assert torch.equal(again.state_dict()[first], copy.state_dict()[first])

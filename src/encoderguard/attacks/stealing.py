@@ -46,6 +46,8 @@ from encoderguard.train.progress import progress_bar
 
 DEFAULT_ARCH_KWARGS: dict[str, Any] = {"width": 32, "depth": 4, "pool": "avg"}
 COPY_AUGMENTATIONS = ("none", *AUGMENTATIONS)
+# Added to the attack's seed for the copy's initial weights (see StealingAttack.build_copy).
+COPY_INIT_OFFSET = 7_919_000
 
 
 @dataclass(frozen=True)
@@ -272,8 +274,13 @@ class StealingAttack:
                            settings=self.settings())
 
     def build_copy(self, input_shape: tuple[int, int, int], victim_dim: int) -> tuple[Encoder, nn.Module | None]:
-        """A freshly initialised copy (seeded) and, when needed, its projection head to the victim's space."""
-        torch.manual_seed(self.seed)
+        """A freshly initialised copy (seeded) and, when needed, its projection head to the victim's space.
+
+        The initialisation is seeded with ``COPY_INIT_OFFSET + seed``, so that a copy never starts from the initial
+        weights of an encoder trained with ``train --seed`` of the same number (a thief does not know the owner's
+        initialisation, and sharing it would flatter the copy and the watermark test).
+        """
+        torch.manual_seed(COPY_INIT_OFFSET + self.seed)
         dim = self.embed_dim or victim_dim
         copy = create_encoder(self.arch, input_shape=input_shape, embed_dim=dim, **self.arch_kwargs)
         use_projection = (dim != victim_dim) if self.projection is None else self.projection

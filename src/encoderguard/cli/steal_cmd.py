@@ -53,7 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--embed-dim", type=positive_int, default=None,
                    help="copy's representation size (default: the victim's); if it differs, a projection head to "
                         "the victim's space is learned")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seeds the query order, the copy's initial weights (offset so that they never equal those of "
+                   "an encoder trained with train --seed of the same number) and its training")
     p.add_argument("--split-seed", type=non_negative_int, default=None,
                    help="seed of the data split (default: the victim card's, else 0)")
     p.add_argument("--cache", default=None, help="query cache directory (default OUT/query_cache)")

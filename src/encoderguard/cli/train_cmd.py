@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         augmentation=args.augmentation or preset["augmentation"], seed=args.seed,
         watermark_weight=args.watermark_weight if args.watermark else 0.0)
     return train_to_dir(data=spec, arch=arch, arch_kwargs=arch_kwargs, config=config, out_dir=args.out,
-                        max_images=args.max_images, data_dir=args.data_dir, probe=not args.no_probe, progress=not args.no_progress,
-                        device=args.device, preset=args.preset)
+                        max_images=args.max_images, data_dir=args.data_dir, probe=not args.no_probe,
+                        progress=not args.no_progress, device=args.device, preset=args.preset)
 
 
 def render(result: dict[str, Any]) -> str:
