@@ -45,6 +45,17 @@ def test_max_images_samples_another_split(tmp_path, capsys):
     assert card["data"]["split"] == "query" and card["data"]["max_images"] == 90
 
 
+@pytest.mark.parametrize("extra, weight", [([], 0.25), (["--watermark-weight", "0.5"], 0.5)])
+def test_watermark_weight_comes_from_the_preset_unless_given(tmp_path, capsys, extra, weight):
+    out_dir = tmp_path / "wm"
+    code, _, err = _run(capsys, "train", "--data", "digits", "--preset", "cpu-di", "--train-size", "100", "--epochs",
+                        "1", "--width", "4", "--embed-dim", "8", "--watermark", "--no-probe", "--out", str(out_dir),
+                        "--no-progress", *extra)
+    assert code == 0, err
+    card = json.loads((out_dir / "card.json").read_text())
+    assert card["training"]["watermark_weight"] == weight and card["watermark"]["weight"] == weight
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--data", "nosuch", "--out", "X"], "unknown dataset 'nosuch'"),
     (["train", "--data", "digits", "--arch", "vgg", "--out", "X"], "unknown architecture 'vgg'"),

@@ -35,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--width", type=positive_int, default=None)
     p.add_argument("--pool", choices=("avg", "flatten"), default=None, help="convnet output pooling")
     p.add_argument("--watermark", action="store_true", help="train the secret rotation watermark jointly")
-    p.add_argument("--watermark-weight", type=float, default=1.0, help="weight of the watermark loss")
+    p.add_argument("--watermark-weight", type=float, default=None,
+                   help="weight of the watermark loss (default: the preset's, 1.0 for cpu and gpu, 0.25 for cpu-di)")
     p.add_argument("--no-probe", action="store_true", help="skip the linear/kNN probe after training")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output checkpoint directory")
@@ -65,7 +66,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lr=args.lr if args.lr is not None else 1e-3,
         temperature=args.temperature if args.temperature is not None else preset["temperature"],
         augmentation=args.augmentation or preset["augmentation"], seed=args.seed,
-        watermark_weight=args.watermark_weight if args.watermark else 0.0)
+        watermark_weight=(args.watermark_weight if args.watermark_weight is not None
+                          else preset["watermark_weight"]) if args.watermark else 0.0)
     return train_to_dir(data=spec, arch=arch, arch_kwargs=arch_kwargs, config=config, out_dir=args.out,
                         max_images=args.max_images, data_dir=args.data_dir, probe=not args.no_probe,
                         progress=not args.no_progress, device=args.device, preset=args.preset)
