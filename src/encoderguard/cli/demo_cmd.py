@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo); finished models in it "
                    "are reused")
     p.add_argument("--quick", action="store_true", help="a smaller, faster smoke run (verdicts may be inconclusive)")
-    p.add_argument("--loss", default=None, help="the attacker's loss (default infonce)")
+    p.add_argument("--loss", default=None, help="the attacker's loss (default softnn)")
     p.add_argument("--budget", type=int, default=None, help="attacker queries (default max(train size / 5, 2000))")
     add_data_dir(p)
     add_common(p)
