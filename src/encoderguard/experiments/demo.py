@@ -45,7 +45,7 @@ class DemoSettings:
         loss: the attacker's loss (default ``softnn``, the contrastive loss whose copies kept the victim's
             coordinates best in the stealing benchmark, fidelity 0.95, and carried the strongest dataset-inference
             signal on the held-out split; an InfoNCE copy, fidelity ~0.65, was missed by dataset inference on the
-            demo's split seed 0, p = 0.115, see the README's limits).
+            demo's split seed 0, p = 0.143 and 0.115, see the README's limits).
         budget: attacker queries (``None``: max(train size / 5, 2000); a copy of a 500-image victim bought with
             100 queries is not worth stealing, see the README).
         steal_epochs: training epochs of the copy.
