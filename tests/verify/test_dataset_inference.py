@@ -202,3 +202,25 @@ def test_settings_are_validated_and_round_trip():
     assert split_budget(2500, 100) == (100, 2400)
     with pytest.raises(ValueError, match="budget"):
         split_budget(4, 500)
+
+
+@pytest.mark.parametrize("detected, suspect_spread, expected", [
+    (False, 1.0, "inconclusive"),   # no evidence, and a copy of the owner would not have been detected either
+    (True, 1.0, "independent"),     # no evidence, and the test did catch a copy: "independent" is backed
+    (False, 1.8, "stolen"),         # evidence stands whatever the copy check said
+])
+def test_copy_check_gates_independent_verdicts(data, detected, suspect_spread, expected):
+    from encoderguard.verify.dataset_inference import CopyCheck
+
+    members, heldout = data
+    di = _di().fit(members=members, nonmembers=heldout, owner=FakeAPI(_table(0, 1.8)))
+    assert di.copy_check_ is None
+    check = CopyCheck(detected=detected, p_value=0.001 if detected else 0.3, z=-1.0, effect=0.1, loss="infonce",
+                      budget=2000, epochs=60, seconds=1.0, reason="" if detected else "copies go unnoticed")
+    di.copy_check_ = CopyCheck.from_dict(check.to_dict())
+    verdict = di.verify(FakeAPI(_table(1, suspect_spread)))
+    assert verdict.verdict == expected
+    assert verdict.details["copy_check"]["detected"] is detected
+    assert ("copies go unnoticed" in verdict.warnings) == (expected == "inconclusive")
+    with pytest.raises(ValueError, match="copy check"):
+        CopyCheck.from_dict({"detected": True})

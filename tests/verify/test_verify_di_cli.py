@@ -79,3 +79,25 @@ def test_verify_di_owner_without_split(tmp_path, capsys):
                                                                  input_shape=(1, 8, 8), embed_dim=8))
     code, _, err = _run(capsys, "verify", "di", "--owner", str(tmp_path / "o"), "--self-check", "--json")
     assert code == 2 and "no split information" in err
+
+
+def test_copy_check_is_saved_with_the_config_and_applied(owner_dir, tmp_path, capsys):
+    owner, config = str(owner_dir), tmp_path / "di.json"
+    code, out, err = _run(capsys, "verify", "di", "--owner", owner, "--self-check", *FAST, "--copy-check",
+                          "--copy-loss", "mse", "--copy-budget", "60", "--copy-epochs", "1", "--save-config",
+                          str(config), "--json")
+    assert code == 0, err
+    check = json.loads(out)
+    copy = check["copy_check"]
+    assert copy["loss"] == "mse" and copy["budget"] == 60 and copy["epochs"] == 1 and 0 < copy["p_value"] <= 1
+    assert check["protects_copies"] is copy["detected"] is (copy["p_value"] < 0.01)
+    assert json.loads(config.read_text())["copy_check"] == copy
+    code, out, err = _run(capsys, "verify", "di", "--owner", owner, "--suspect", owner, "--config", str(config),
+                          "--null-encoders", "1", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["details"]["copy_check"] == copy
+    if result["p_value"] >= 0.01 and not copy["detected"]:
+        assert result["verdict"] == "inconclusive"
+        if result["details"]["self_check"]["protects"]:  # else the owner's own failure is the reason given
+            assert result["details"]["reason"] == copy["reason"]

@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo); finished models in it "
                    "are reused")
     p.add_argument("--quick", action="store_true", help="a smaller, faster smoke run (verdicts may be inconclusive)")
-    p.add_argument("--loss", default=None, help="the attacker's loss (default softnn)")
+    p.add_argument("--loss", default=None, help="the attacker's loss (default infonce)")
     p.add_argument("--budget", type=int, default=None, help="attacker queries (default max(train size / 5, 2000))")
     add_data_dir(p)
     add_common(p)
@@ -49,7 +49,11 @@ def render(result: dict[str, Any]) -> str:
         lines.append("WRONG verdicts: " + ", ".join(f"{v['suspect']}/{v['method']} -> {v['verdict']}"
                                                    for v in result["wrong_verdicts"]))
     else:
-        lines.append("some tests were inconclusive (see the warnings in summary.json); none named the wrong side")
+        lines.append("no verdict named the wrong side; some tests could not decide:")
+    for v in result.get("verdicts", []):
+        if v.get("verdict") == "inconclusive":
+            reason = (v.get("details") or {}).get("reason") or "see summary.json"
+            lines.append(f"  {v['suspect']}/{v['method']}: inconclusive: {reason}")
     if result.get("report"):
         lines.append(f"report: {result['report']}")
     lines.append(f"total {result.get('seconds', 0):.0f} s")

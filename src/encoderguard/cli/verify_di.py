@@ -47,6 +47,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="frozen settings (JSON written by --save-config after a self-check); flags may not change "
                         "them")
     p.add_argument("--save-config", default=None, help="write the frozen settings and the self-check to this file")
+    p.add_argument("--copy-check", action="store_true",
+                   help="also steal a copy of the owner's own encoder (owner-side, no suspect queries; about a minute "
+                        "on 2 cores) and test it: when that copy goes undetected, 'independent' verdicts become "
+                        "'inconclusive'. Saved by --save-config and applied by --config")
+    p.add_argument("--copy-loss", default="infonce", help="loss of the simulated copy (default infonce)")
+    p.add_argument("--copy-budget", type=positive_int, default=2000,
+                   help="query images of the simulated copy (default 2000, from the owner's query split)")
+    p.add_argument("--copy-epochs", type=positive_int, default=60, help="training epochs of the simulated copy")
     p.add_argument("--plot", default=None, help="write a plot of the two score distributions (needs matplotlib)")
     add_data_dir(p)
 
@@ -108,12 +116,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         di.fit(members=train, nonmembers=heldout, null_models=nulls)
         check = di.self_check(owner.encoder)
         result = _self_check_result(check, di, warnings)
+        if args.copy_check:
+            copy = _copy_check(di, owner, args)
+            result["copy_check"] = copy.to_dict()
+            result["protects_copies"] = copy.detected
+            result["warnings"].append(
+                f"a copy of the owner ({copy.loss}, {copy.budget} queries) is detected (p = {copy.p_value:.3g})"
+                if copy.detected else copy.reason)
         if args.save_config:
             from encoderguard.models import atomic_write_bytes
 
             frozen = {"format": "encoderguard-di-config", "settings": check.settings,
                       "owner": str(args.owner), "owner_weights_sha256": owner.card.weights_sha256,
-                      "self_check": check.to_dict()}
+                      "self_check": check.to_dict(),
+                      **({"copy_check": di.copy_check_.to_dict()} if di.copy_check_ is not None else {})}
             atomic_write_bytes(args.save_config, (json.dumps(frozen, indent=2) + "\n").encode())
             result["config"] = str(args.save_config)
         plot_source = {"owner": check.owner}
@@ -122,6 +138,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         api = suspect_api(args)
         di.fit(members=train, nonmembers=heldout, owner=owner.encoder, null_models=nulls)
+        frozen_copy = _frozen_copy_check(args.config)
+        if args.copy_check:
+            _copy_check(di, owner, args)
+        elif frozen_copy is not None:
+            di.copy_check_ = frozen_copy
         verdict = di.verify(api)
         result = verdict.to_dict()
         result["warnings"] = warnings + result["warnings"]
@@ -140,6 +161,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             result["plot"] = str(plot_score_distributions(distributions, args.plot))
     return result
+
+
+def _copy_check(di: Any, owner: Any, args: argparse.Namespace) -> Any:
+    """Steal a copy of the owner's encoder from the owner's query split and test it (``di.copy_check_``)."""
+    from encoderguard.data.splits import SplitSpec, load_split
+
+    query = load_split(SplitSpec.from_dict(owner.card.data or {}).with_split("query"), data_dir=args.data_dir)
+    return di.copy_check(owner.encoder, query, loss=args.copy_loss, budget=args.copy_budget,
+                         epochs=args.copy_epochs, progress=not getattr(args, "no_progress", False))
+
+
+def _frozen_copy_check(config: str | None) -> Any:
+    """The copy check saved with a frozen config, if any."""
+    if not config:
+        return None
+    from encoderguard.verify.dataset_inference import CopyCheck
+
+    frozen = json.loads(Path(config).read_text())
+    if not isinstance(frozen.get("copy_check"), dict):
+        return None
+    try:
+        return CopyCheck.from_dict(frozen["copy_check"])
+    except ValueError as exc:
+        raise ValueError(f"--config {config}: {exc}") from exc
 
 
 def _self_check_result(check: Any, di: Any, warnings: list[str]) -> dict[str, Any]:

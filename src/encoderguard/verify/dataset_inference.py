@@ -159,6 +159,45 @@ class SelfCheck:
                 "reason": self.reason, "settings": dict(self.settings)}
 
 
+@dataclass(frozen=True)
+class CopyCheck:
+    """Dataset inference on a copy the owner stole from its own encoder (see :meth:`DatasetInference.copy_check`).
+
+    A copy carries only part of its victim's membership signal, so the owner's own detection does not show that
+    copies are detected. This check makes one, the way a thief would, and runs the frozen test on it.
+
+    Attributes:
+        detected: the test flags the simulated copy (``p < alpha``); without that, ``"independent"`` verdicts
+            become ``"inconclusive"``.
+        p_value, z, effect: the test on the simulated copy.
+        loss, budget, epochs: how the copy was stolen (owner-side: no suspect queries).
+        reason: why copies are not protected (empty when they are).
+    """
+
+    detected: bool
+    p_value: float
+    z: float
+    effect: float
+    loss: str
+    budget: int
+    epochs: int
+    seconds: float
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CopyCheck:
+        try:
+            return cls(detected=bool(data["detected"]), p_value=float(data["p_value"]), z=float(data["z"]),
+                       effect=float(data["effect"]), loss=str(data["loss"]), budget=int(data["budget"]),
+                       epochs=int(data["epochs"]), seconds=float(data.get("seconds", 0.0)),
+                       reason=str(data.get("reason", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a dataset-inference copy check ({exc})") from exc
+
+
 class DatasetInference:
     """Dataset-inference ownership test through an :class:`~encoderguard.api.EmbeddingAPI`.
 
@@ -320,6 +359,7 @@ class DatasetInference:
             self.null_answers_.append((m, h))
         self._null_cache: dict[tuple[Any, ...], tuple[np.ndarray, list[Answers]]] = {}
         self.self_check_: SelfCheck | None = None
+        self.copy_check_: CopyCheck | None = None
         if owner is not None:
             self.self_check_ = self.self_check(owner, budgets=())
         return self
@@ -533,6 +573,47 @@ class DatasetInference:
                          budgets=tried, null=null_ps, reason=reason, settings=self.settings())
 
     # -- verification ----------------------------------------------------------------------------------------
+    def copy_check(self, owner: Any, query_data: ImageSet, *, loss: str = "infonce", budget: int = 2000,
+                   epochs: int = 60, seed: int = 1, progress: bool = False, **attack_kwargs: Any) -> CopyCheck:
+        """Steal a copy of the owner's own encoder and run the frozen test on it: can a copy be detected?
+
+        The copy is made like a thief's (:class:`~encoderguard.attacks.StealingAttack`: ``budget`` images of
+        ``query_data``, each answered once by the owner's encoder, ``epochs`` of training on the answers), owner-side:
+        it costs CPU time (about a minute on 2 cores with the defaults), no suspect queries. The result is kept in
+        ``copy_check_``; from then on :meth:`verify` answers ``"inconclusive"`` instead of ``"independent"`` when
+        the simulated copy was not detected.
+
+        Args:
+            owner: the owner's encoder (``nn.Module``) or an EmbeddingAPI serving it.
+            query_data: images a thief would send (the owner's ``query`` split: disjoint from its own data).
+            loss, budget, epochs, seed: the simulated attack; ``attack_kwargs`` go to ``StealingAttack``.
+            progress: progress bars on stderr.
+        """
+        import tempfile
+
+        from encoderguard.api import LocalAPI
+        from encoderguard.attacks import StealingAttack
+
+        self._require_fit()
+        started = time.perf_counter()
+        api = LocalAPI(owner) if isinstance(owner, nn.Module) else owner
+        with tempfile.TemporaryDirectory(prefix="encoderguard-copy-check-") as cache:
+            attack = StealingAttack(api, loss=loss, budget=min(budget, len(query_data)), cache_dir=cache,
+                                    epochs=epochs, seed=seed, progress=progress, **attack_kwargs)
+            stolen = attack.extract(query_data)
+        copy = stolen.encoder.eval()
+        members, nonmembers, _ = self.query(copy)
+        result = self.test_answers(members, nonmembers)
+        detected = bool(result.p_value < self.alpha)
+        reason = "" if detected else (
+            f"a copy the owner stole from its own encoder ({loss}, {stolen.queries_paid} queries, {epochs} epochs) "
+            f"is not detected (p = {result.p_value:.3g} >= alpha = {self.alpha}): copies of this model can go "
+            "unnoticed at this query budget, so no 'independent' verdict is given")
+        self.copy_check_ = CopyCheck(detected=detected, p_value=result.p_value, z=result.z, effect=result.effect,
+                                     loss=loss, budget=stolen.queries_paid, epochs=epochs,
+                                     seconds=time.perf_counter() - started, reason=reason)
+        return self.copy_check_
+
     def verify(self, suspect: Any) -> Verdict:
         """Test a suspect (an EmbeddingAPI, or an ``nn.Module`` for local experiments).
 
@@ -540,8 +621,9 @@ class DatasetInference:
 
         Returns:
             :class:`~encoderguard.verify.verdict.Verdict` with ``method="di"``. ``"stolen"`` when ``p < alpha``;
-            ``"inconclusive"`` when the self-check found no signal in the owner's own encoder; otherwise
-            ``"independent"`` (no evidence, with a warning saying so).
+            ``"inconclusive"`` when the self-check found no signal in the owner's own encoder, or when ``p >= alpha``
+            and a :meth:`copy_check` found that a copy of the owner goes undetected; otherwise ``"independent"``
+            (no evidence, with a warning saying so).
 
         Raises:
             APIError: unusable suspect answers (wrong count or shape, NaN/inf).
@@ -580,6 +662,13 @@ class DatasetInference:
             if check.null and min(check.null) < self.alpha:
                 warnings.append(f"a null encoder (never trained on the owner's data) is flagged on this owner "
                                 f"sample without adjustment (p = {min(check.null):.3g}): the sample is atypical")
+        copy_check = getattr(self, "copy_check_", None)
+        if copy_check is not None:
+            details["copy_check"] = copy_check.to_dict()
+            if verdict == "independent" and not copy_check.detected:
+                verdict = "inconclusive"
+                warnings.append(copy_check.reason)
+                details["reason"] = copy_check.reason
         if verdict == "independent":
             warnings.append(INDEPENDENT_WARNING)
         details["seconds"] = time.perf_counter() - started
