@@ -40,8 +40,10 @@ class DemoSettings:
         preset: training preset of the victim and the independent model (``cpu-di``: a victim small enough to
             memorise its training images, which dataset inference needs).
         victim_epochs: SimCLR epochs of the victim (``None``: the preset's).
-        independent_epochs: SimCLR epochs of the independent model (half the preset's 240 by default, to keep the
+        independent_epochs: SimCLR epochs of the independent model (a quarter of the preset's 240, to keep the
             demo within 10 minutes on 2 cores; any model that never saw the owner's data is a fair negative).
+        copy_check_epochs: training epochs of the copy that the owner's dataset-inference check steals from itself
+            (same loss and budget as the thief; fewer epochs to keep the demo within 10 minutes).
         loss: the attacker's loss (also the loss of the copy the owner's dataset-inference check steals from
             itself: a copy made the way the thief works is the fair test of whether such copies are detected).
         budget: attacker queries (``None``: max(train size / 5, 2000); a copy of a 500-image victim bought with
@@ -54,7 +56,8 @@ class DemoSettings:
     dataset: str = "fashion-mnist"
     preset: str = "cpu-di"
     victim_epochs: int | None = None
-    independent_epochs: int | None = 120
+    independent_epochs: int | None = 60
+    copy_check_epochs: int = 30
     loss: str = "infonce"
     budget: int | None = None
     steal_epochs: int = 60
@@ -63,7 +66,8 @@ class DemoSettings:
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        return cls(victim_epochs=40, independent_epochs=20, budget=1000, steal_epochs=15, watermark_queries=400)
+        return cls(victim_epochs=40, independent_epochs=20, budget=1000, steal_epochs=15, watermark_queries=400,
+                   copy_check_epochs=10)
 
 
 def _cli(*args: str) -> list[str]:
@@ -196,7 +200,7 @@ def run_demo(out_dir: str | Path, *, settings: DemoSettings | None = None, data_
     di_config = out / "di_config.json"
     summary["di_self_check"] = _run_json("verify di self-check", [
         "verify", "di", "--owner", str(victim_dir), "--self-check", "--copy-check", "--copy-loss", settings.loss,
-        "--copy-budget", str(budget), "--copy-epochs", str(settings.steal_epochs),
+        "--copy-budget", str(budget), "--copy-epochs", str(settings.copy_check_epochs),
         "--save-config", str(di_config)], env=env)
     for suspect, folder in (("victim", victim_dir), ("stolen", stolen_dir), ("independent", indep_dir)):
         di = _run_json(f"verify di {suspect}", ["verify", "di", "--owner", str(victim_dir), "--suspect",
