@@ -65,7 +65,8 @@ _FLAG_SETTINGS = {"members": "members", "nonmembers": "nonmembers", "score": "sc
                   "gmm_covariance": "gmm_covariance", "seed": "seed"}
 
 
-def _settings(args: argparse.Namespace, n_train: int, owner_digest: str) -> tuple[dict[str, Any], list[str]]:
+def _settings(args: argparse.Namespace, n_train: int, owner_digest: str, n_heldout: int | None = None
+              ) -> tuple[dict[str, Any], list[str]]:
     from encoderguard.verify.dataset_inference import split_budget
 
     warnings: list[str] = []
@@ -94,6 +95,8 @@ def _settings(args: argparse.Namespace, n_train: int, owner_digest: str) -> tupl
         flags["members"], flags["nonmembers"] = split_budget(args.budget, n_train)
     elif "members" not in flags:
         flags["members"] = min(500, n_train)
+    if "nonmembers" not in flags and n_heldout is not None:
+        flags["nonmembers"] = min(2000, n_heldout)  # a small dataset's held-out part may hold fewer
     return {**flags, "alpha": args.alpha}, warnings
 
 
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("give --suspect DIR, --suspect-api URL --suspect-key K, or --self-check")
     owner = load_checkpoint(args.owner)
     train, heldout = owner_data(owner.card, data_dir=args.data_dir)
-    settings, warnings = _settings(args, len(train), owner.card.weights_sha256)
+    settings, warnings = _settings(args, len(train), owner.card.weights_sha256, len(heldout))
     di = DatasetInference.from_settings(settings)
     nulls = [random_init_like(owner.encoder, seed=10_000 + i) for i in range(args.null_encoders)]
     if args.self_check:

@@ -1,0 +1,61 @@
+"""The demo's wiring, end to end on a tiny setting: real subprocesses, a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+
+from encoderguard.experiments.demo import DemoSettings, StageError, run_demo, summary_table
+
+pytestmark = pytest.mark.slow
+
+TINY = DemoSettings(dataset="digits", victim_epochs=2, independent_epochs=1, budget=100, steal_epochs=1,
+                    watermark_queries=60, copy_check_epochs=1, seed=3)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    return out, run_demo(out, settings=TINY, on_stage=lambda message: None)
+
+
+def test_summary_follows_the_command_contract(demo_run):
+    out, summary = demo_run
+    assert json.loads((out / "summary.json").read_text())["verdicts"] == json.loads(
+        json.dumps(summary["verdicts"], default=str))
+    assert {"victim", "stolen", "independent", "seconds", "verdicts"} <= set(summary)
+    pairs = {(v["suspect"], v["method"]) for v in summary["verdicts"]}
+    assert pairs == {(s, m) for s in ("victim", "stolen", "independent") for m in ("di", "watermark")}
+    for v in summary["verdicts"]:
+        assert v["verdict"] in ("stolen", "independent", "inconclusive") and 0 <= v["p_value"] <= 1
+        if v["verdict"] == "inconclusive":
+            assert v["details"].get("reason") or v["warnings"]
+    assert summary["stolen"]["queries_paid"] == 100 and summary["stolen"]["ledger_queries"] == 100
+    assert summary["server"]["exit_code"] is not None  # the server was stopped
+    assert [s["stage"][:3] for s in summary["stages"]] == [f"{i}/6" for i in range(1, 7)]
+    assert summary["wrong_verdicts"] == [v for v in summary["verdicts"]
+                                         if v["verdict"] not in (summary["expected"][v["suspect"]], "inconclusive")]
+    assert json.loads((out / "di_config.json").read_text())["copy_check"]["epochs"] == 1
+    table = summary_table(summary)
+    assert all(name in table for name in ("victim", "stolen", "independent"))
+
+
+def test_report_is_self_contained(demo_run):
+    out, summary = demo_run
+    html = (out / "report.html").read_text()
+    assert summary["report"].endswith("report.html")
+    assert "<img" in html and "data:image/png;base64," in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # nothing fetched from a network
+
+
+def test_a_server_that_cannot_start_fails_the_demo(demo_run, tmp_path):
+    out, _ = demo_run
+    broken = tmp_path / "run"
+    shutil.copytree(out / "victim", broken / "victim")  # reused by the demo, but its weights are damaged
+    weights = broken / "victim" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(StageError, match="stage 'serve' failed"):
+        run_demo(broken, settings=TINY, on_stage=lambda message: None)
