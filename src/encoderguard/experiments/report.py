@@ -99,20 +99,36 @@ def _sweep_figure(run_dir: Path) -> str | None:
     return _png(fig)
 
 
+def _di_histogram(entry: Any) -> dict[str, Any] | None:
+    """The suspect's histogram from ``verify di --json``'s ``details.scores`` (edges + member/non-member densities)."""
+    hist = entry.get("suspect") if isinstance(entry, dict) else None
+    if not isinstance(hist, dict):
+        return None
+    edges, members, nonmembers = hist.get("edges"), hist.get("members"), hist.get("nonmembers")
+    if not (isinstance(edges, list) and isinstance(members, list) and isinstance(nonmembers, list)):
+        return None
+    if len(edges) != len(members) + 1 or len(members) != len(nonmembers) or not members:
+        return None
+    return hist
+
+
 def _di_figure(summary: dict[str, Any]) -> str | None:
     scores = summary.get("di_scores") or {}
-    present = [s for s in SUSPECTS if s in scores and scores[s].get("train") and scores[s].get("heldout")]
+    present = [(s, h) for s in SUSPECTS if (h := _di_histogram(scores.get(s))) is not None]
     if not present:
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, len(present), figsize=(3.6 * len(present), 3), squeeze=False)
-    for ax, name in zip(axes[0], present, strict=False):
-        ax.hist(scores[name]["train"], bins=30, alpha=0.6, density=True, label="owner-train (B)")
-        ax.hist(scores[name]["heldout"], bins=30, alpha=0.6, density=True, label="owner-heldout")
-        ax.set_title(name)
-        ax.set_xlabel(scores[name].get("score", "membership score"))
+    for ax, (name, hist) in zip(axes[0], present, strict=False):
+        ax.stairs(hist["members"], hist["edges"], fill=True, alpha=0.5, label="owner-train")
+        ax.stairs(hist["nonmembers"], hist["edges"], fill=True, alpha=0.5, label="owner-heldout")
+        p = hist.get("p_value")
+        ax.set_title(f"{name}" + (f" (p = {p:.3g})" if isinstance(p, (int, float)) else ""), fontsize=9)
+        ax.set_xlabel("membership score (held-out SDs)", fontsize=8)
+    axes[0][0].set_ylabel("density")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Dataset inference: membership scores")
+    fig.suptitle("Dataset inference: nearest-neighbour scores of training vs held-out images")
+    fig.tight_layout()
     return _png(fig)
 
 
