@@ -1,0 +1,61 @@
+"""Can answer-space coverage tell an honest few-class user from a thief's sweep at any query count?
+
+On the owner's ``owner-heldout`` images (never the evaluation's data): 30 simulated honest users (3 random classes,
+600 queries each) and 5 random sweeps of 2000 queries, answered by the victim; for several LSH resolutions (8
+tables) prints, at n = 25 ... 600 queries, the largest honest coverage / the mean sweep coverage, and the first n at
+which the mean sweep exceeds 1.05 x the largest honest user at the same n (the earliest point a coverage-growth
+defence could act without touching any simulated honest user).
+
+    .venv/bin/python benchmarks/defence_coverage_curves.py [--victim runs/victim]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from encoderguard.data.splits import SplitSpec, load_split
+from encoderguard.defences import RandomHyperplaneLSH, sequential_coverage
+from encoderguard.models import load_checkpoint
+from encoderguard.train.probe import encode
+
+POINTS = (25, 50, 100, 200, 300, 400, 600)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--victim", default="runs/victim")
+    p.add_argument("--bits", default="4,5,6,7,8")
+    args = p.parse_args()
+    ckpt = load_checkpoint(args.victim)
+    data = ckpt.card.data or {}
+    held = load_split(SplitSpec(data["dataset"], "owner-heldout", int(data.get("split_seed", 0)),
+                                int(data.get("train_size", 10000))))
+    answers = encode(ckpt.encoder, held).double()
+    labels = held.labels.numpy()
+    rng = np.random.default_rng(0)
+    users = []
+    for _ in range(30):
+        classes = rng.choice(np.unique(labels), 3, replace=False)
+        users.append(rng.choice(np.flatnonzero(np.isin(labels, classes)), 600, replace=False))
+    sweeps = [rng.choice(len(labels), 2000, replace=False) for _ in range(5)]
+    for bits in (int(b) for b in args.bits.split(",")):
+        lsh = RandomHyperplaneLSH(dim=answers.shape[1], bits=bits, tables=8, seed=12345)
+
+        def curve(idx: np.ndarray, lsh: RandomHyperplaneLSH = lsh) -> np.ndarray:
+            occupied = np.zeros((lsh.tables, lsh.buckets), dtype=bool)
+            return sequential_coverage(occupied, lsh.codes(answers[idx]).numpy())[0]
+
+        honest = np.stack([curve(u) for u in users]).max(axis=0)
+        sweep = np.stack([curve(s) for s in sweeps]).mean(axis=0)[:600]
+        ahead = sweep > 1.05 * honest
+        first = int(np.argmax(ahead)) + 1 if ahead.any() else None
+        cells = " ".join(f"{n}:{honest[n - 1]:.3f}/{sweep[n - 1]:.3f}" for n in POINTS)
+        print(f"bits {bits}: {cells}  first n {first}")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    main()
