@@ -173,10 +173,11 @@ class StealingAttack:
         if embed_dim is not None and (isinstance(embed_dim, bool) or not isinstance(embed_dim, int)
                                       or embed_dim < 1):
             raise ValueError(f"embed_dim must be a positive integer, got {embed_dim!r}")
-        for name, value in (("lr", lr), ("weight_decay", weight_decay)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
-                    name == "lr" and value == 0):
-                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value!r}")
+        for label, number in (("lr", lr), ("weight_decay", weight_decay)):
+            if not isinstance(number, (int, float)) or not math.isfinite(number) or number < 0 or (
+                    label == "lr" and number == 0):
+                raise ValueError(f"{label} must be a finite number {'> 0' if label == 'lr' else '>= 0'}, "
+                                 f"got {number!r}")
         if augmentation not in COPY_AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {augmentation!r}; choose one of: {', '.join(COPY_AUGMENTATIONS)}")
         if mode == "clean" and views != 1:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,7 @@ def budgets_from_fractions(fractions: Sequence[float], train_size: int) -> list[
 def run_sweep(api: EmbeddingAPI, *, victim: VictimReference, probe_train: ImageSet, probe_test: ImageSet,
               query_data: ImageSet, losses: Sequence[str], budgets: Sequence[int], out_dir: str | Path,
               victim_train_size: int, loss_kwargs: dict[str, dict[str, Any]] | None = None,
-              references: dict[str, nn.Module] | None = None, attack_kwargs: dict[str, Any] | None = None,
+              references: Mapping[str, nn.Module] | None = None, attack_kwargs: dict[str, Any] | None = None,
               progress: bool = True) -> SweepResult:
     """Steal with every loss at every budget from one shared query cache; write a table and plots.
 
