@@ -24,6 +24,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,29 @@ from encoderguard.train.probe import encode
 def coverage_curve(lsh: RandomHyperplaneLSH, answers: torch.Tensor) -> np.ndarray:
     occupied = np.zeros((lsh.tables, lsh.buckets), dtype=bool)
     return sequential_coverage(occupied, lsh.codes(answers).numpy())[0]
+
+
+def simulated_traffic(victim: str, *, users: int, classes: int, queries: int, sweeps: int, sweep: int
+                      ) -> tuple[Any, torch.Tensor, list[np.ndarray], list[np.ndarray]]:
+    """The victim's answers on its ``owner-heldout`` images, with simulated honest users and sweeps over them.
+
+    Returns:
+        ``(heldout ImageSet, answers [N, D] float64, users: index arrays of `queries` images from `classes` random
+        classes each, sweeps: index arrays of `sweep` random images)``, all drawn from ``default_rng(0)``.
+    """
+    ckpt = load_checkpoint(victim)
+    data = ckpt.card.data or {}
+    heldout = load_split(SplitSpec(data["dataset"], "owner-heldout", int(data.get("split_seed", 0)),
+                                   int(data.get("train_size", 10000))))
+    answers = encode(ckpt.encoder, heldout).double()
+    labels = heldout.labels.numpy()
+    rng = np.random.default_rng(0)
+    honest = []
+    for _ in range(users):
+        chosen = rng.choice(np.unique(labels), classes, replace=False)
+        honest.append(rng.choice(np.flatnonzero(np.isin(labels, chosen)), queries, replace=False))
+    thieves = [rng.choice(len(labels), sweep, replace=False) for _ in range(sweeps)]
+    return heldout, answers, honest, thieves
 
 
 def solve_lam(c_low: float, sigma_low: float, c_high: float, alpha: float) -> float:
@@ -74,18 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=12345, help="secret of the defence (hyperplanes)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    ckpt = load_checkpoint(args.victim)
-    data = ckpt.card.data or {}
-    heldout = load_split(SplitSpec(data["dataset"], "owner-heldout", int(data.get("split_seed", 0)),
-                                   int(data.get("train_size", 10000))))
-    answers = encode(ckpt.encoder, heldout).double()
-    labels = heldout.labels.numpy()
-    rng = np.random.default_rng(0)
-    users = []
-    for _ in range(args.users):
-        classes = rng.choice(np.unique(labels), args.classes, replace=False)
-        users.append(rng.choice(np.flatnonzero(np.isin(labels, classes)), args.queries, replace=False))
-    sweeps = [rng.choice(len(labels), args.sweep, replace=False) for _ in range(args.sweeps)]
+    heldout, answers, users, sweeps = simulated_traffic(args.victim, users=args.users, classes=args.classes,
+                                                        queries=args.queries, sweeps=args.sweeps, sweep=args.sweep)
     scan = []
     for bits in (int(b) for b in args.bits.split(",")):
         lsh = RandomHyperplaneLSH(dim=answers.shape[1], bits=bits, tables=args.tables, seed=args.seed)

@@ -12,14 +12,16 @@ defence could act without touching any simulated honest user).
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from encoderguard.data.splits import SplitSpec, load_split
-from encoderguard.defences import RandomHyperplaneLSH, sequential_coverage
-from encoderguard.models import load_checkpoint
-from encoderguard.train.probe import encode
+from encoderguard.defences import RandomHyperplaneLSH
+
+sys.path.insert(0, str(Path(__file__).parent))
+from defence_calibrate import coverage_curve, simulated_traffic  # noqa: E402
 
 POINTS = (25, 50, 100, 200, 300, 400, 600)
 
@@ -29,27 +31,12 @@ def main() -> None:
     p.add_argument("--victim", default="runs/victim")
     p.add_argument("--bits", default="4,5,6,7,8")
     args = p.parse_args()
-    ckpt = load_checkpoint(args.victim)
-    data = ckpt.card.data or {}
-    held = load_split(SplitSpec(data["dataset"], "owner-heldout", int(data.get("split_seed", 0)),
-                                int(data.get("train_size", 10000))))
-    answers = encode(ckpt.encoder, held).double()
-    labels = held.labels.numpy()
-    rng = np.random.default_rng(0)
-    users = []
-    for _ in range(30):
-        classes = rng.choice(np.unique(labels), 3, replace=False)
-        users.append(rng.choice(np.flatnonzero(np.isin(labels, classes)), 600, replace=False))
-    sweeps = [rng.choice(len(labels), 2000, replace=False) for _ in range(5)]
+    _, answers, users, sweeps = simulated_traffic(args.victim, users=30, classes=3, queries=600, sweeps=5,
+                                                  sweep=2000)
     for bits in (int(b) for b in args.bits.split(",")):
         lsh = RandomHyperplaneLSH(dim=answers.shape[1], bits=bits, tables=8, seed=12345)
-
-        def curve(idx: np.ndarray, lsh: RandomHyperplaneLSH = lsh) -> np.ndarray:
-            occupied = np.zeros((lsh.tables, lsh.buckets), dtype=bool)
-            return sequential_coverage(occupied, lsh.codes(answers[idx]).numpy())[0]
-
-        honest = np.stack([curve(u) for u in users]).max(axis=0)
-        sweep = np.stack([curve(s) for s in sweeps]).mean(axis=0)[:600]
+        honest = np.stack([coverage_curve(lsh, answers[u]) for u in users]).max(axis=0)
+        sweep = np.stack([coverage_curve(lsh, answers[s]) for s in sweeps]).mean(axis=0)[:600]
         ahead = sweep > 1.05 * honest
         first = int(np.argmax(ahead)) + 1 if ahead.any() else None
         cells = " ".join(f"{n}:{honest[n - 1]:.3f}/{sweep[n - 1]:.3f}" for n in POINTS)
