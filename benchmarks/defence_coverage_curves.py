@@ -41,6 +41,22 @@ def main() -> None:
         first = int(np.argmax(ahead)) + 1 if ahead.any() else None
         cells = " ".join(f"{n}:{honest[n - 1]:.3f}/{sweep[n - 1]:.3f}" for n in POINTS)
         print(f"bits {bits}: {cells}  first n {first}")
+    # A data-aware alternative: k-means cells fitted on the owner's own answers (first half of owner-heldout), and
+    # the effective number of cells a key has used, exp(entropy of its cell histogram).
+    from sklearn.cluster import KMeans
+
+    unit = torch.nn.functional.normalize(answers, dim=1).numpy()
+    for k in (10, 20, 40):
+        cells_of = KMeans(k, n_init=3, random_state=0).fit(unit[: len(unit) // 2]).predict(unit)
+
+        def spread(idx: np.ndarray, n: int, cells_of: np.ndarray = cells_of, k: int = k) -> float:
+            share = np.bincount(cells_of[idx[:n]], minlength=k) / n
+            share = share[share > 0]
+            return float(np.exp(-(share * np.log(share)).sum()))
+
+        row = " ".join(f"{n}:{max(spread(u, n) for u in users):.1f}/{np.mean([spread(w, n) for w in sweeps]):.1f}"
+                       for n in (25, 50, 100, 200, 600))
+        print(f"k-means {k}: effective cells, largest honest / mean sweep: {row}")
 
 
 if __name__ == "__main__":
