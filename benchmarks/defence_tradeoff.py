@@ -7,7 +7,8 @@ per-key rotations, with the adaptive attacks that are cheap for each. Finished r
 ``benchmarks/out/defences/rows`` and reused by a rerun with the same settings.
 
 Usage: .venv/bin/python benchmarks/defence_tradeoff.py [--victim runs/victim] [--transport http] [--epochs 30]
-       [--budget 2000] [--coverage SPEC] [--only SUBSTRING] [--budget-curve 500,1000] [--seed S] [--no-adaptive]
+       [--budget 2000] [--coverage SPEC] [--spread SPEC] [--tag NAME] [--only SUBSTRING] [--budget-curve 500,1000]
+       [--seed S] [--no-adaptive]
 Writes benchmarks/out/defences/{defences.md,defences.csv,defences.json,defences.png} and prints the table.
 """
 
@@ -25,8 +26,9 @@ from encoderguard.experiments.defend_eval import DefenceEvaluation, DefendEvalRe
 OUT = Path(__file__).parent / "out" / "defences"
 
 
-def settings(coverage: str) -> dict[str, list[str]]:
+def settings(coverage: str, spread: str | None = None) -> dict[str, list[str]]:
     """Setting -> adaptive attacks run on it."""
+    extra = {spread: ["filter", "sybil-naive"]} if spread else {}
     return {
         "noise:sigma=0.1": [],
         "noise:sigma=0.3": [],
@@ -42,6 +44,7 @@ def settings(coverage: str) -> dict[str, list[str]]:
         "topk:k=2": [],
         coverage: ["filter", "average", "sybil-naive"],
         f"{coverage}+orthogonal:seed=777": ["filter", "sybil-naive", "sybil"],
+        **extra,
     }
 
 
@@ -53,6 +56,10 @@ def main(argv: list[str] | None = None) -> DefendEvalResult:
     p.add_argument("--budget", type=int, default=2000)
     p.add_argument("--loss", default="mse")
     p.add_argument("--coverage", default=None, help="coverage spec (default: benchmarks/out/defence_calibration.json)")
+    p.add_argument("--spread", default=None, help="spread spec (default: benchmarks/out/defence_spread.json if "
+                   "present, from benchmarks/defence_calibrate_spread.py)")
+    p.add_argument("--tag", default=None, help="name the output files defences-TAG.* (default: -partial for "
+                   "--only/--no-adaptive runs)")
     p.add_argument("--only", default=None, help="run only the settings containing this substring (a trailing $ "
                    "anchors it at the end)")
     p.add_argument("--budget-curve", default="", help="also steal the undefended API at these budgets")
@@ -67,7 +74,11 @@ def main(argv: list[str] | None = None) -> DefendEvalResult:
         if not calibration.is_file():
             raise SystemExit("run benchmarks/defence_calibrate.py first, or pass --coverage SPEC")
         coverage = json.loads(calibration.read_text())["spec"]
-    plan = settings(coverage)
+    spread = args.spread
+    spread_file = Path(__file__).parent / "out" / "defence_spread.json"
+    if spread is None and spread_file.is_file():
+        spread = json.loads(spread_file.read_text())["spec"]
+    plan = settings(coverage, spread)
     if args.only:
         if args.only.endswith("$"):
             plan = {k: v for k, v in plan.items() if k.endswith(args.only[:-1])}
@@ -80,7 +91,7 @@ def main(argv: list[str] | None = None) -> DefendEvalResult:
                                    transport=args.transport, seed=args.seed, out_dir=out, progress=False)
     result = evaluation.run(list(plan), adaptive={**plan, "none": []})
     out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if not (args.only or args.no_adaptive) else "-partial"
+    suffix = f"-{args.tag}" if args.tag else ("" if not (args.only or args.no_adaptive) else "-partial")
     (out / f"defences{suffix}.md").write_text(result.to_markdown())
     (out / f"defences{suffix}.csv").write_text(result.to_csv())
     (out / f"defences{suffix}.json").write_text(json.dumps(result.to_dict(), indent=1, default=str))

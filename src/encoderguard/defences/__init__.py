@@ -4,6 +4,8 @@
   perturbation of a fixed strength.
 - ``coverage`` (:class:`CoverageNoise`): noise scaled by how much of the representation space the key has
   covered (after B4B), with per-key state in a :class:`StateStore`.
+- ``spread`` (:class:`CellSpreadNoise`): noise scaled by how widely the key's answers spread over k-means cells of
+  the owner's own answers (:func:`fit_cells`, :func:`save_cells`), with per-key state in a :class:`StateStore`.
 - ``orthogonal`` (:class:`OrthogonalTransform`): a secret rotation per key against sybil accounts.
 
 Build a chain from command-line specs with :func:`parse_defences` (``name[:k=v,k=v]``) and ready it for an
@@ -11,6 +13,7 @@ API with :func:`prepare_chain`.
 """
 
 from encoderguard.defences.base import Postprocessor, apply_chain, prepare_chain
+from encoderguard.defences.cell_spread import CellSpreadNoise, fit_cells, load_cells, save_cells, sequential_spread
 from encoderguard.defences.coverage_noise import CoverageNoise, coverage_noise_scale, sequential_coverage
 from encoderguard.defences.gaussian_noise import GaussianNoise
 from encoderguard.defences.ledger_state_store import LedgerStateStore
@@ -24,8 +27,9 @@ from encoderguard.defences.state_store import StateStore
 from encoderguard.defences.top_k import TopK
 
 __all__ = [
-    "DEFENCES", "CoverageNoise", "GaussianNoise", "LedgerStateStore", "MemoryStateStore", "NoiseSource",
+    "DEFENCES", "CellSpreadNoise", "CoverageNoise", "GaussianNoise", "LedgerStateStore", "MemoryStateStore",
+    "NoiseSource",
     "OrthogonalTransform", "Postprocessor", "RandomHyperplaneLSH", "Rounding", "StateStore", "TopK", "apply_chain",
     "coverage_noise_scale", "create_defence", "derive_seed", "parse_defences", "parse_spec", "prepare_chain",
-    "sequential_coverage",
+    "sequential_coverage", "fit_cells", "load_cells", "save_cells", "sequential_spread",
 ]

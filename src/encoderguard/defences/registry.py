@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from encoderguard.defences.base import Postprocessor
+from encoderguard.defences.cell_spread import CellSpreadNoise
 from encoderguard.defences.coverage_noise import CoverageNoise
 from encoderguard.defences.gaussian_noise import GaussianNoise
 from encoderguard.defences.orthogonal_transform import OrthogonalTransform
@@ -18,6 +19,7 @@ DEFENCES: dict[str, Any] = {  # name -> postprocessor class (with a PARAMS dict 
     "round": Rounding,
     "topk": TopK,
     "coverage": CoverageNoise,
+    "spread": CellSpreadNoise,
     "orthogonal": OrthogonalTransform,
 }
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string"}
