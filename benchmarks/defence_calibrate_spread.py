@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--margin", type=float, default=1.1)
     p.add_argument("--ramp", type=float, default=1.15)
-    p.add_argument("--alpha", type=float, default=4.0)
+    p.add_argument("--alpha", type=float, default=100.0)
+    p.add_argument("--cap", type=float, default=1000.0)
     p.add_argument("--seed", type=int, default=12345, help="secret of the defence's noise")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     full = start * args.ramp
     path = save_cells(OUT / "spread_cells.safetensors", centroids)
     spec = f"spread:cells={path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}," \
-           f"start={start:.3f},full={full:.3f},alpha={args.alpha:g},seed={args.seed}"
+           f"start={start:.3f},full={full:.3f},alpha={args.alpha:g},cap={args.cap:g},seed={args.seed}"
     result = {"victim": args.victim, "k": args.k, "margin": args.margin, "ramp": args.ramp,
               "honest_spread_at_600": {"max": float(honest[:, -1].max()), "mean": float(honest[:, -1].mean())},
               "honest_spread_max_at": {str(n): float(honest[:, n - 1].max()) for n in (25, 50, 100, 200, 600)},

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--requests", type=int, default=8, help="requests per server per round")
     p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--tag", default=None, help="suffix of the output file name")
     p.add_argument("--threads", type=int, default=2, help="torch threads (the servers share the process)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
         "round_ratios": [round(x, 4) for x in ratios],
         "defended_key_final_coverage": final_coverage,
     }
-    out = Path(__file__).parent / "out" / f"defence_throughput_b{args.batch}.json"
+    tag = f"-{args.tag}" if args.tag else ""
+    out = Path(__file__).parent / "out" / f"defence_throughput_b{args.batch}{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

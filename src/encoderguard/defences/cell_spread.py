@@ -115,8 +115,10 @@ class CellSpreadNoise:
         cells: path of the centroids file (:func:`save_cells`), e.g. from ``benchmarks/defence_calibrate_spread.py``.
         start: spread (effective number of cells) up to which answers stay clean.
         full: spread at which the relative noise reaches ``alpha`` (``> start``).
-        alpha: relative noise at ``full``.
-        cap: the largest relative noise.
+        alpha: relative noise at ``full`` (default 100).
+        cap: the largest relative noise (default 1000). Noise must dwarf the answer to make it worthless: on the
+            CPU victim a copy trained on 2000 answers with noise 10x their norm still recovered 0.59 of the
+            victim's gain; with 1000x it ended below random init (benchmarks/results_defences.md).
         seed: the secret the noise derives from.
         repeat: ``"same"`` (a repeated input gets the same noise) or ``"fresh"``.
         store: where per-key state lives (default: in memory; a server binds its ledger).
@@ -126,7 +128,7 @@ class CellSpreadNoise:
     PARAMS = {"cells": str, "start": float, "full": float, "alpha": float, "cap": float, "seed": int,
               "repeat": str}
 
-    def __init__(self, *, cells: str, start: float, full: float, alpha: float = 4.0, cap: float = 10.0,
+    def __init__(self, *, cells: str, start: float, full: float, alpha: float = 100.0, cap: float = 1000.0,
                  seed: int = 0, repeat: str = "same", store: StateStore | None = None) -> None:
         for pname, number in (("start", start), ("full", full), ("alpha", alpha), ("cap", cap)):
             if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
