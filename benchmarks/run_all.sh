@@ -222,14 +222,27 @@ stage_defences() {
   need_victim
   mkdir -p benchmarks/out/defences
   run_log benchmarks/out/defence_calibration.log $PY benchmarks/defence_calibrate.py
-  run_log benchmarks/out/defences/run.log $PY benchmarks/defence_tradeoff.py --budget-curve 500,1000
-  local s
+  run_log benchmarks/out/defence_spread.log $PY benchmarks/defence_calibrate_spread.py
+  run_log benchmarks/out/defence_coverage_curves.txt $PY benchmarks/defence_coverage_curves.py
+  # the full table (noise, rounding, top-k, coverage, coverage+orthogonal, spread) with the budget curve
+  run_log benchmarks/out/defences/run.log $PY benchmarks/defence_tradeoff.py --budget-curve 100,500,1000
+  local s spread
+  spread=$("$PY" -c "import json; print(json.load(open('benchmarks/out/defence_spread.json'))['spec'])")
   for s in 1 2; do
     run_log "benchmarks/out/defences/run-seed$s.log" $PY benchmarks/defence_tradeoff.py \
       --only 'coverage:bits=8,tables=8,alpha=4,beta=0.2538,lam=1.031e-28,seed=12345$' --no-adaptive --seed "$s"
+    run_log "benchmarks/out/defences/run-spread-seed$s.log" $PY benchmarks/defence_tradeoff.py \
+      --spread "$spread" --only 'cap=1000,seed=12345$' --no-adaptive --seed "$s" --tag spread-cap1000
   done
+  # control: what answers with noise 10x and 1000x their norm still teach a copy
+  run_log benchmarks/out/defend_eval_noise_only.log $EG defend-eval --victim runs/victim --defence noise:sigma=1000 \
+    --defence noise:sigma=10 --budget 2000 --seed 0 --transport local --no-broad-user --out runs/bench/defend-nat --json
   run_log benchmarks/out/defences/throughput256.log $PY benchmarks/defence_throughput.py --batch 256 --requests 8 --rounds 6
   run_log benchmarks/out/defences/throughput32.log $PY benchmarks/defence_throughput.py --batch 32 --requests 32 --rounds 6
+  run_log benchmarks/out/defences/throughput256-spread.log $PY benchmarks/defence_throughput.py --defence "$spread" \
+    --batch 256 --requests 8 --rounds 6 --tag spread
+  run_log benchmarks/out/defences/throughput32-spread.log $PY benchmarks/defence_throughput.py --defence "$spread" \
+    --batch 32 --requests 32 --rounds 6 --tag spread
 }
 
 # results_steal.md: the end-to-end demo, timed (its own training, serving, stealing and verification).
