@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from scipy.optimize import brentq
 
-from encoderguard.data.splits import SplitSpec, load_split
 from encoderguard.defences import RandomHyperplaneLSH, coverage_noise_scale, sequential_coverage
 from encoderguard.models import load_checkpoint
 from encoderguard.train.probe import encode
@@ -49,19 +48,14 @@ def simulated_traffic(victim: str, *, users: int, classes: int, queries: int, sw
         ``(heldout ImageSet, answers [N, D] float64, users: index arrays of `queries` images from `classes` random
         classes each, sweeps: index arrays of `sweep` random images)``, all drawn from ``default_rng(0)``.
     """
+    from encoderguard.experiments.spread_calibration import owner_heldout, simulate_traffic
+
     ckpt = load_checkpoint(victim)
-    data = ckpt.card.data or {}
-    heldout = load_split(SplitSpec(data["dataset"], "owner-heldout", int(data.get("split_seed", 0)),
-                                   int(data.get("train_size", 10000))))
+    heldout = owner_heldout(ckpt.card.data or {})
     answers = encode(ckpt.encoder, heldout).double()
-    labels = heldout.labels.numpy()
-    rng = np.random.default_rng(0)
-    honest = []
-    for _ in range(users):
-        chosen = rng.choice(np.unique(labels), classes, replace=False)
-        honest.append(rng.choice(np.flatnonzero(np.isin(labels, chosen)), queries, replace=False))
-    thieves = [rng.choice(len(labels), sweep, replace=False) for _ in range(sweeps)]
-    return heldout, answers, honest, thieves
+    traffic = simulate_traffic(heldout.labels.numpy(), users=users, classes=classes, queries=queries, sweeps=sweeps,
+                               sweep=sweep)
+    return heldout, answers, traffic.users, traffic.sweeps
 
 
 def solve_lam(c_low: float, sigma_low: float, c_high: float, alpha: float) -> float:
