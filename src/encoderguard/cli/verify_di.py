@@ -66,7 +66,8 @@ _FLAG_SETTINGS = {"members": "members", "nonmembers": "nonmembers", "score": "sc
 
 
 def _settings(args: argparse.Namespace, n_train: int, owner_digest: str, n_heldout: int | None = None
-              ) -> tuple[dict[str, Any], list[str]]:
+              ) -> tuple[dict[str, Any], list[str], dict[str, Any] | None]:
+    """The test's settings from flags or a frozen ``--config``; also returns that config (``None`` without one)."""
     from encoderguard.verify.dataset_inference import split_budget
 
     warnings: list[str] = []
@@ -88,7 +89,7 @@ def _settings(args: argparse.Namespace, n_train: int, owner_digest: str, n_heldo
             warnings.append("the frozen config was made for another owner checkpoint (weights digest differs)")
         if settings.get("alpha") != args.alpha:
             settings["alpha"] = args.alpha
-        return settings, warnings
+        return settings, warnings, frozen
     if args.budget is not None:
         if args.members is not None or args.nonmembers is not None:
             raise ValueError("give either --budget or --members/--nonmembers, not both")
@@ -97,7 +98,7 @@ def _settings(args: argparse.Namespace, n_train: int, owner_digest: str, n_heldo
         flags["members"] = min(500, n_train)
     if "nonmembers" not in flags and n_heldout is not None:
         flags["nonmembers"] = min(2000, n_heldout)  # a small dataset's held-out part may hold fewer
-    return {**flags, "alpha": args.alpha}, warnings
+    return {**flags, "alpha": args.alpha}, warnings, None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("give --suspect DIR, --suspect-api URL --suspect-key K, or --self-check")
     owner = load_checkpoint(args.owner)
     train, heldout = owner_data(owner.card, data_dir=args.data_dir)
-    settings, warnings = _settings(args, len(train), owner.card.weights_sha256, len(heldout))
+    settings, warnings, frozen = _settings(args, len(train), owner.card.weights_sha256, len(heldout))
     di = DatasetInference.from_settings(settings)
     nulls = [random_init_like(owner.encoder, seed=10_000 + i) for i in range(args.null_encoders)]
     if args.self_check:
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         api = suspect_api(args)
         di.fit(members=train, nonmembers=heldout, owner=owner.encoder, null_models=nulls)
-        frozen_copy = _frozen_copy_check(args.config)
+        frozen_copy = _frozen_copy_check(frozen, args.config)
         if args.copy_check:
             _copy_check(di, owner, args)
         elif frozen_copy is not None:
@@ -172,18 +173,15 @@ def _copy_check(di: Any, owner: Any, args: argparse.Namespace) -> Any:
 
     query = load_split(SplitSpec.from_dict(owner.card.data or {}).with_split("query"), data_dir=args.data_dir)
     return di.copy_check(owner.encoder, query, loss=args.copy_loss, budget=args.copy_budget,
-                         epochs=args.copy_epochs, progress=not getattr(args, "no_progress", False))
+                         epochs=args.copy_epochs, progress=True)
 
 
-def _frozen_copy_check(config: str | None) -> Any:
+def _frozen_copy_check(frozen: dict[str, Any] | None, config: str | None) -> Any:
     """The copy check saved with a frozen config, if any."""
-    if not config:
+    if frozen is None or not isinstance(frozen.get("copy_check"), dict):
         return None
     from encoderguard.verify.dataset_inference import CopyCheck
 
-    frozen = json.loads(Path(config).read_text())
-    if not isinstance(frozen.get("copy_check"), dict):
-        return None
     try:
         return CopyCheck.from_dict(frozen["copy_check"])
     except ValueError as exc:

@@ -101,11 +101,16 @@ def sequential_spread(counts: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray
     """
     k = counts.shape[0]
     running = counts[None, :].astype(np.float64) + np.cumsum(np.eye(k, dtype=np.float64)[cells], axis=0)
-    share = running / running.sum(axis=1, keepdims=True)
+    after = counts + np.bincount(cells, minlength=k).astype(counts.dtype)
+    return effective_cells(running), after
+
+
+def effective_cells(counts: np.ndarray) -> np.ndarray:
+    """``exp(entropy)`` of each row of cell counts ``[M, k]`` (rows with at least one count)."""
+    share = counts / counts.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.where(share > 0, share * np.log(share), 0.0).sum(axis=1)
-    after = counts + np.bincount(cells, minlength=k).astype(counts.dtype)
-    return np.exp(entropy), after
+    return np.exp(entropy)
 
 
 class CellSpreadNoise:
@@ -147,6 +152,8 @@ class CellSpreadNoise:
         self.seed, self.repeat = int(seed), repeat
         self.store: StateStore = store if store is not None else MemoryStateStore()
         self._noise = NoiseSource(secret=self.seed, purpose=self.name, repeat=repeat)
+        # State written under another secret or other cells is not this defence's: a new name ignores it.
+        self._state_name = f"spread/{derive_seed(self.seed, self.centroids.numpy().tobytes()):016x}"
         self._lock = threading.Lock()
 
     @property
@@ -163,12 +170,8 @@ class CellSpreadNoise:
             raise ValueError(f"spread cells are {self.centroids.shape[1]}-d but the API answers {dim}-d vectors: "
                              "fit the cells on this encoder's answers")
 
-    def _state_name(self) -> str:
-        digest = derive_seed(self.seed, self.centroids.numpy().tobytes())
-        return f"spread/{digest:016x}"
-
     def _load(self, key: str) -> np.ndarray:
-        raw = self.store.get_state(key, self._state_name())
+        raw = self.store.get_state(key, self._state_name)
         if raw is None:
             return np.zeros(self.k, dtype=np.int64)
         if raw[:4] != _MAGIC or len(raw) != 4 + 8 * self.k:
@@ -176,15 +179,12 @@ class CellSpreadNoise:
         return np.frombuffer(raw[4:], dtype="<i8").astype(np.int64)
 
     def _save(self, key: str, counts: np.ndarray) -> None:
-        self.store.put_state(key, self._state_name(), _MAGIC + counts.astype("<i8").tobytes())
+        self.store.put_state(key, self._state_name, _MAGIC + counts.astype("<i8").tobytes())
 
     def spread(self, key: str) -> float:
         """Current spread of ``key`` (effective number of cells; 0 before its first answer)."""
         counts = self._load(key)
-        if counts.sum() == 0:
-            return 0.0
-        share = counts[counts > 0] / counts.sum()
-        return float(np.exp(-(share * np.log(share)).sum()))
+        return float(effective_cells(counts[None, :])[0]) if counts.sum() else 0.0
 
     def noise_scale(self, spread: np.ndarray | float) -> np.ndarray:
         """Relative noise size at ``spread``."""
