@@ -13,11 +13,12 @@ from encoderguard.models.checkpoint import (
 from encoderguard.models.convnet import ConvNet
 from encoderguard.models.encoder import Encoder
 from encoderguard.models.heads import projection_head, watermark_head
+from encoderguard.models.mlp import MLPEncoder
 from encoderguard.models.registry import ENCODERS, create_encoder
 from encoderguard.models.resnet import ResNet18
 
 __all__ = [
-    "ENCODERS", "Checkpoint", "ConvNet", "Encoder", "ModelCard", "ResNet18", "atomic_save_tensors",
+    "ENCODERS", "Checkpoint", "ConvNet", "Encoder", "MLPEncoder", "ModelCard", "ResNet18", "atomic_save_tensors",
     "atomic_write_bytes", "create_encoder", "load_checkpoint", "load_encoder", "projection_head", "read_card",
     "save_checkpoint", "watermark_head",
 ]

@@ -6,9 +6,10 @@ from typing import Any
 
 from encoderguard.models.convnet import ConvNet
 from encoderguard.models.encoder import Encoder
+from encoderguard.models.mlp import MLPEncoder
 from encoderguard.models.resnet import ResNet18
 
-ENCODERS: dict[str, type[Encoder]] = {"convnet": ConvNet, "resnet18": ResNet18}
+ENCODERS: dict[str, type[Encoder]] = {"convnet": ConvNet, "resnet18": ResNet18, "mlp": MLPEncoder}
 
 
 def create_encoder(name: str, *, input_shape: tuple[int, int, int], **kwargs: Any) -> Encoder:
