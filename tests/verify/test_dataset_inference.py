@@ -140,7 +140,7 @@ def test_split_design_welch_and_gmm(data):
 def test_queries_are_shuffled_and_the_budget_respected(data):
     members, heldout = data
     api = FakeAPI(_table(0, 1.5))
-    di = DatasetInference(members=20, nonmembers=30, n_permutations=99).fit(members=members, nonmembers=heldout)
+    di = DatasetInference(members=20, nonmembers=30, n_permutations=100).fit(members=members, nonmembers=heldout)
     m, h, used = di.query(api)
     assert used == 50 and m.shape == (20, DIM) and h.shape == (30, DIM)
     is_member = np.array(api.seen) < N_MEMBERS

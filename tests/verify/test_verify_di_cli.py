@@ -5,7 +5,7 @@ import pytest
 from encoderguard.cli.main import main
 
 CONTRACT = {"method", "verdict", "p_value", "alpha", "effect", "n", "queries_used", "warnings"}
-FAST = ["--members", "40", "--nonmembers", "60", "--permutations", "99", "--null-encoders", "1"]
+FAST = ["--members", "40", "--nonmembers", "60", "--permutations", "100", "--null-encoders", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +50,73 @@ def test_verify_di_suspect_and_self_check(owner_dir, tmp_path, capsys):
     assert CONTRACT <= set(check) and check["mode"] == "self-check" and isinstance(check["protects"], bool)
     assert check["verdict"] == ("stolen" if check["protects"] else "inconclusive")
     frozen = json.loads(config.read_text())
-    assert frozen["settings"]["members"] == 40
+    assert frozen["format"] == "encoderguard-di-config" and frozen["settings"]["members"] == 40
+    assert frozen["null_encoders"] == 1 and frozen["self_check_seed"] == frozen["settings"]["seed"] + 1
+    assert len(frozen["digest"]) == 64 and check["details"]["frozen_digest"] == frozen["digest"]
 
+    # the same values as frozen are accepted
     code, out, err = _run(capsys, "verify", "di", "--owner", owner, "--suspect", owner, "--config", str(config),
-                          "--null-encoders", "0", "--json")
+                          "--null-encoders", "1", "--alpha", "0.01", "--seed", "0", "--budget", "100", "--json")
     assert code == 0, err
-    assert json.loads(out)["details"]["settings"] == frozen["settings"]
-    code, _, err = _run(capsys, "verify", "di", "--owner", owner, "--suspect", owner, "--config", str(config),
-                        "--k", "3", "--json")
-    assert code == 2 and "--config fixes the test's settings" in err
+    result = json.loads(out)
+    assert result["details"]["settings"] == frozen["settings"] and result["alpha"] == 0.01
+    assert result["details"]["frozen_digest"] == frozen["digest"] and result["details"]["calibrated"] is True
+    assert result["details"]["self_check"]["same_draw"] is False
+    assert not any("not frozen" in w for w in result["warnings"])
+
+
+@pytest.mark.parametrize("flag, value, frozen", [
+    ("--alpha", "0.05", "the frozen alpha 0.01 in"),
+    ("--null-encoders", "0", "the frozen null_encoders 1 in"),
+    ("--seed", "3", "the frozen seed 0 in"),
+    ("--budget", "200", "the frozen budget 100 (members 40 + nonmembers 60) in"),
+    ("--members", "30", "the frozen members 40 in"),
+    ("--nonmembers", "50", "the frozen nonmembers 60 in"),
+    ("--permutations", "999", "the frozen n_permutations 100 in"),
+    ("--k", "3", "the frozen k 1 in"),
+])
+def test_frozen_config_refuses_conflicting_flags(frozen_config, capsys, flag, value, frozen):
+    owner, config = frozen_config
+    code, out, err = _run(capsys, "verify", "di", "--owner", owner, "--suspect", owner, "--config", str(config),
+                          flag, value, "--json")
+    assert code == 2 and out == ""
+    assert f"{flag} {value} conflicts with {frozen} {config}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_frozen_config_refuses_an_edited_or_old_file(frozen_config, tmp_path, capsys):
+    owner, config = frozen_config
+    data = json.loads(config.read_text())
+    data["settings"]["alpha"] = 0.05
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(data))
+    code, _, err = _run(capsys, "verify", "di", "--owner", owner, "--suspect", owner, "--config", str(edited))
+    assert code == 2 and "edited after it was frozen" in err
+    del data["digest"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    code, _, err = _run(capsys, "verify", "di", "--owner", owner, "--suspect", owner, "--config", str(old))
+    assert code == 2 and "--self-check --save-config" in err and len(err.strip().splitlines()) == 1
+
+
+def test_alpha_flag_is_validated_and_defaults_to_001(owner_dir, capsys):
+    code, _, err = _run(capsys, "verify", "di", "--owner", str(owner_dir), "--self-check", "--alpha", "1.5")
+    assert code == 2 and "--alpha must be in (0, 1)" in err
+    from encoderguard.cli.main import build_parser
+    from encoderguard.cli.verify_cmd import alpha_of
+
+    parser, _ = build_parser()
+    args = parser.parse_args(["verify", "watermark", "--owner", "o", "--suspect", "s"])
+    assert args.alpha is None and alpha_of(args) == 0.01
+    assert alpha_of(parser.parse_args(["verify", "watermark", "--owner", "o", "--suspect", "s", "--alpha",
+                                       "0.05"])) == 0.05
+
+
+@pytest.fixture(scope="module")
+def frozen_config(owner_dir, tmp_path_factory):
+    config = tmp_path_factory.mktemp("frozen") / "di.json"
+    assert main(["verify", "di", "--owner", str(owner_dir), "--self-check", *FAST, "--save-config", str(config),
+                 "--json"]) == 0
+    return str(owner_dir), config
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -80,6 +80,9 @@ COVARIANCES = ("full", "diag", "spherical", "tied")
 # Share of a query budget spent on owner-train images (500 of 2500): the pre-registered setting, validated on a
 # held-out split (benchmarks/results_di.md). A larger share looked better at small budgets, but only on that same split.
 MEMBER_SHARE = 0.2
+CALIBRATION_NOTE = ("the permutation null is exact under the random owner split: for an encoder that never saw "
+                    "owner-train, training and held-out images are exchangeable, so P(p < alpha) <= alpha")
+WELCH_NOTE = "Welch's t-test is approximate (normal theory); use test='permutation' for an exact p-value"
 INDEPENDENT_WARNING = ("'independent' means the test found no evidence of derivation at this query budget; it is not "
                        "a proof of independence")
 
@@ -121,6 +124,21 @@ class DITestResult:
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if not k.endswith("_scores")}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DITestResult:
+        """Rebuild a result from :meth:`to_dict` (without per-image scores).
+
+        Raises:
+            ValueError: a missing or malformed field.
+        """
+        try:
+            return cls(p_value=float(data["p_value"]), statistic=float(data["statistic"]), z=float(data["z"]),
+                       effect=float(data["effect"]), auc=float(data["auc"]), n_members=int(data["n_members"]),
+                       n_nonmembers=int(data["n_nonmembers"]),
+                       adjustment={str(k): float(v) for k, v in dict(data.get("adjustment") or {}).items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a dataset-inference test result ({exc!r})") from exc
+
 
 @dataclass(frozen=True)
 class SelfCheck:
@@ -158,6 +176,24 @@ class SelfCheck:
                 "budgets": {str(k): v for k, v in self.budgets.items()}, "null_p_values": list(self.null),
                 "reason": self.reason, "settings": dict(self.settings)}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SelfCheck:
+        """Rebuild a self-check from :meth:`to_dict` (the owner's per-image scores are not stored).
+
+        Raises:
+            ValueError: a missing or malformed field.
+        """
+        try:
+            min_queries = data["min_queries"]
+            return cls(protects=bool(data["protects"]), owner=DITestResult.from_dict(data["owner"]),
+                       alpha=float(data["alpha"]), queries=int(data["queries"]),
+                       min_queries=None if min_queries is None else int(min_queries),
+                       budgets={int(k): [float(p) for p in v] for k, v in dict(data["budgets"]).items()},
+                       null=[float(p) for p in data["null_p_values"]], reason=str(data["reason"]),
+                       settings=dict(data["settings"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a dataset-inference self-check ({exc!r})") from exc
+
 
 @dataclass(frozen=True)
 class CopyCheck:
@@ -172,6 +208,8 @@ class CopyCheck:
         p_value, z, effect: the test on the simulated copy.
         loss, budget, epochs: how the copy was stolen (owner-side: no suspect queries).
         reason: why copies are not protected (empty when they are).
+        alpha: the significance level ``detected`` was decided at (``None``: unknown). A test at another alpha
+            re-derives ``detected`` from ``p_value`` (:meth:`detected_at`).
     """
 
     detected: bool
@@ -183,19 +221,25 @@ class CopyCheck:
     epochs: int
     seconds: float
     reason: str
+    alpha: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def detected_at(self, alpha: float) -> bool:
+        """Whether the simulated copy is detected at significance level ``alpha`` (``p_value < alpha``)."""
+        return bool(self.p_value < alpha)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CopyCheck:
         try:
+            alpha = data.get("alpha")
             return cls(detected=bool(data["detected"]), p_value=float(data["p_value"]), z=float(data["z"]),
                        effect=float(data["effect"]), loss=str(data["loss"]), budget=int(data["budget"]),
                        epochs=int(data["epochs"]), seconds=float(data.get("seconds", 0.0)),
-                       reason=str(data.get("reason", "")))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a dataset-inference copy check ({exc})") from exc
+                       reason=str(data.get("reason", "")), alpha=None if alpha is None else float(alpha))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a dataset-inference copy check ({exc!r})") from exc
 
 
 class DatasetInference:
@@ -221,7 +265,8 @@ class DatasetInference:
         members: owner-train images sent to the suspect (``None``: all of them).
         nonmembers: owner-heldout images sent to the suspect.
         reference_fraction: share of the members used as the reference part in the split design.
-        n_permutations: random relabellings of the permutation test (999 resolves p down to 0.001).
+        n_permutations: random relabellings of the permutation test (999 resolves p down to 0.001); the test
+            must be able to reach ``p < alpha``: ``1 / (n_permutations + 1) < alpha`` (:func:`min_permutations`).
         adjust: adjust the set-design statistic by the null encoders given to :meth:`fit` (no effect without them).
         gmm_components: mixture components (``score="gmm"``).
         gmm_covariance: ``"full"``, ``"diag"``, ``"spherical"`` or ``"tied"``.
@@ -270,10 +315,10 @@ class DatasetInference:
             raise ValueError(f"reference_fraction must be in (0, 1), got {reference_fraction!r}")
         if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
             raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-        if test == "permutation" and n_permutations < math.ceil(1 / alpha) - 1:
+        if test == "permutation" and not 1 / (n_permutations + 1) < alpha:
             raise ValueError(f"n_permutations={n_permutations} cannot give p < alpha={alpha} (the smallest "
-                             f"permutation p-value is 1/(1 + n_permutations)); use at least "
-                             f"{math.ceil(1 / alpha) - 1}")
+                             f"permutation p-value is 1/(1 + n_permutations) = {1 / (n_permutations + 1):.3g}); "
+                             f"use at least {min_permutations(alpha)}")
         self.score = score
         self.design = design
         self.test = test
@@ -313,26 +358,44 @@ class DatasetInference:
 
     # -- fitting ---------------------------------------------------------------------------------------------
     def fit(self, *, members: ImageSet | torch.Tensor, nonmembers: ImageSet | torch.Tensor,
-            owner: Any | None = None, null_models: Sequence[Any] = ()) -> DatasetInference:
+            owner: Any | None = None, null_models: Sequence[Any] = (), self_check: SelfCheck | None = None,
+            copy_check: CopyCheck | None = None) -> DatasetInference:
         """Draw the images the suspect will be asked about; answer them with the null encoders and the owner.
 
         Args:
             members: the owner's training images (``owner-train``), uint8 ImageSet or float ``[N, C, H, W]``
                 in ``[0, 1]``.
             nonmembers: held-out images of the same distribution (``owner-heldout``).
-            owner: the owner's encoder (an ``nn.Module`` or an EmbeddingAPI); ``None`` skips the self-check.
+            owner: the owner's encoder (an ``nn.Module`` or an EmbeddingAPI): its self-check runs on the images
+                drawn here, the suspect's draw. ``None`` skips it.
             null_models: encoders that never saw the owner's data (random initialisations of the owner's
                 architecture, independently trained reference encoders), queried here once; the set design adjusts
                 every test by their statistics, and the self-check reports their own p-values.
+            self_check: a frozen self-check to gate verdicts with instead of running one (give ``owner`` or
+                ``self_check``, not both). It should come from another draw of images (another ``seed``): then
+                whether the owner's own model is detected *as a suspect* is a fresh test, not the self-check
+                again. Its settings must equal this test's, ``seed`` excepted.
+            copy_check: a frozen :class:`CopyCheck` (from :meth:`copy_check` on a test with the same settings).
 
         Returns:
-            ``self``, with ``member_images_``, ``nonmember_images_``, ``order_``, ``null_answers_`` and
-            ``self_check_`` set.
+            ``self``, with ``member_images_``, ``nonmember_images_``, ``order_``, ``null_answers_``,
+            ``self_check_`` and ``copy_check_`` set.
 
         Raises:
             DataError: too few images for the settings, or images of different shapes.
             APIError: a null encoder's answers are unusable.
+            ValueError: both ``owner`` and ``self_check``, or a self-check of another test.
         """
+        if owner is not None and self_check is not None:
+            raise ValueError("give owner (run the self-check on this draw) or self_check (a frozen one), not both")
+        if self_check is not None:
+            mine = self.settings()
+            differ = sorted(k for k in set(mine) | set(self_check.settings)
+                            if k != "seed" and self_check.settings.get(k) != mine.get(k))
+            if differ:
+                raise ValueError("the frozen self-check was made with other settings: "
+                                 + ", ".join(f"{k}={self_check.settings.get(k)!r} (this test: {mine.get(k)!r})"
+                                             for k in differ))
         train = _as_float(members, "members")
         heldout = _as_float(nonmembers, "nonmembers")
         if train.shape[1:] != heldout.shape[1:]:
@@ -358,8 +421,8 @@ class DatasetInference:
             m, h, _ = self.query(model)
             self.null_answers_.append((m, h))
         self._null_cache: dict[tuple[Any, ...], tuple[np.ndarray, list[Answers]]] = {}
-        self.self_check_: SelfCheck | None = None
-        self.copy_check_: CopyCheck | None = None
+        self.self_check_: SelfCheck | None = self_check
+        self.copy_check_: CopyCheck | None = copy_check
         if owner is not None:
             self.self_check_ = self.self_check(owner, budgets=())
         return self
@@ -611,7 +674,7 @@ class DatasetInference:
             "unnoticed at this query budget, so no 'independent' verdict is given")
         self.copy_check_ = CopyCheck(detected=detected, p_value=result.p_value, z=result.z, effect=result.effect,
                                      loss=loss, budget=stolen.queries_paid, epochs=epochs,
-                                     seconds=time.perf_counter() - started, reason=reason)
+                                     seconds=time.perf_counter() - started, reason=reason, alpha=self.alpha)
         return self.copy_check_
 
     def verify(self, suspect: Any) -> Verdict:
@@ -622,8 +685,10 @@ class DatasetInference:
         Returns:
             :class:`~encoderguard.verify.verdict.Verdict` with ``method="di"``. ``"stolen"`` when ``p < alpha``;
             ``"inconclusive"`` when the self-check found no signal in the owner's own encoder, or when ``p >= alpha``
-            and a :meth:`copy_check` found that a copy of the owner goes undetected; otherwise ``"independent"``
-            (no evidence, with a warning saying so).
+            and a :meth:`copy_check` found that a copy of the owner goes undetected (at this test's alpha: a copy
+            check made at another alpha is re-derived from its p-value, with a warning); otherwise
+            ``"independent"`` (no evidence, with a warning saying so). ``details["calibrated"]`` says whether the
+            p-value is exact under the null hypothesis (permutation tests: yes, by the random owner split).
 
         Raises:
             APIError: unusable suspect answers (wrong count or shape, NaN/inf).
@@ -643,6 +708,8 @@ class DatasetInference:
             "effect_kind": "Cohen's d of member vs non-member scores, positive in the membership direction",
             "statistic_kind": _statistic_kind(self.design, self.test, bool(result.adjustment)),
             "settings": self.settings(), "seconds": None,
+            "calibrated": self.test == "permutation",
+            "calibration": CALIBRATION_NOTE if self.test == "permutation" else WELCH_NOTE,
         }
         if self.design == "set" and self.adjust and not result.adjustment:
             warnings.append("no null encoders were given: the test is not adjusted for an atypical owner sample")
@@ -652,7 +719,8 @@ class DatasetInference:
         else:
             details["self_check"] = {"protects": check.protects, "owner_p_value": check.owner.p_value,
                                      "owner_effect": check.owner.effect, "owner_z": check.owner.z,
-                                     "null_p_values": list(check.null)}
+                                     "null_p_values": list(check.null), "seed": check.settings.get("seed"),
+                                     "same_draw": check.settings.get("seed") == self.seed}
             if not check.protects:
                 verdict = "inconclusive"
                 warnings.append(check.reason)
@@ -665,12 +733,31 @@ class DatasetInference:
         copy_check = getattr(self, "copy_check_", None)
         if copy_check is not None:
             details["copy_check"] = copy_check.to_dict()
-            if verdict == "independent" and not copy_check.detected:
+            detected, reason = copy_check.detected, copy_check.reason
+            if copy_check.alpha != self.alpha:
+                # "detected" was decided at the copy check's own alpha; what gates this verdict is its p-value
+                # against this test's alpha.
+                detected = copy_check.detected_at(self.alpha)
+                reason = reason if detected == copy_check.detected else "" if detected else (
+                    f"a copy the owner stole from its own encoder ({copy_check.loss}, {copy_check.budget} queries) "
+                    f"is not detected at alpha = {self.alpha} (p = {copy_check.p_value:.3g}): copies of this model "
+                    "can go unnoticed at this query budget, so no 'independent' verdict is given")
+                details["copy_check_rederived"] = {"alpha": self.alpha, "detected": detected}
+                made = ("records no alpha" if copy_check.alpha is None
+                        else f"was computed at alpha = {copy_check.alpha}")
+                warnings.append(f"the copy check {made}; re-derived at this test's alpha = {self.alpha} from its "
+                                f"p = {copy_check.p_value:.3g}: the simulated copy is "
+                                f"{'' if detected else 'not '}detected")
+            if verdict == "independent" and not detected:
                 verdict = "inconclusive"
-                warnings.append(copy_check.reason)
-                details["reason"] = copy_check.reason
+                warnings.append(reason)
+                details["reason"] = reason
         if verdict == "independent":
             warnings.append(INDEPENDENT_WARNING)
+        # Owner-side only: whether this test detects the owner's own model (decides membership of the family in
+        # the combined decision, never the suspect's p-value).
+        details["can_detect"] = check is None or check.protects
+        details.setdefault("reason", None)
         details["seconds"] = time.perf_counter() - started
         return Verdict(method="di", verdict=verdict, p_value=result.p_value, alpha=self.alpha,
                        statistic=result.statistic, effect=result.effect, n=result.n_members + result.n_nonmembers,
@@ -717,6 +804,25 @@ def owner_data(card: Any, *, data_dir: str | None = None) -> tuple[ImageSet, Ima
                         "owner-train/owner-heldout would not be its training and held-out data")
     spec = SplitSpec.from_dict(data)
     return load_split(spec, data_dir=data_dir), load_split(spec.with_split("owner-heldout"), data_dir=data_dir)
+
+
+def min_permutations(alpha: float) -> int:
+    """The fewest random relabellings ``B`` with which a permutation test can give ``p < alpha``.
+
+    The smallest permutation p-value is ``1 / (B + 1)`` (the observed labelling counts), so ``B`` must satisfy
+    ``1 / (B + 1) < alpha`` strictly: 100 at ``alpha = 0.01`` (99 reaches only ``p = 0.01``), 1000 at 0.001.
+
+    Raises:
+        ValueError: ``alpha`` outside ``(0, 1)``.
+    """
+    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    b = max(1, math.floor(1 / alpha))
+    while not 1 / (b + 1) < alpha:
+        b += 1
+    while b > 1 and 1 / b < alpha:
+        b -= 1
+    return b
 
 
 def split_budget(budget: int, n_train: int, *, member_share: float = MEMBER_SHARE) -> tuple[int, int]:
