@@ -22,7 +22,13 @@ def test_train_then_probe_json(tmp_path, capsys):
     card = json.loads((out_dir / "card.json").read_text())
     assert card["data"] == {"dataset": "digits", "split": "owner-train", "split_seed": 0, "train_size": 200,
                             "heldout_size": None}
-    assert card["watermark"]["verify_split"] == "owner-heldout"
+    assert card["watermark"]["verify_split"] == "owner-heldout" and "verify_seed" not in card["watermark"]
+    # the verification set is drawn with a secret key kept next to the checkpoint; the card holds its fingerprint
+    from encoderguard.models.verify_key import VERIFY_KEY_FILE, VerifyKey
+
+    key_path = out_dir / VERIFY_KEY_FILE
+    assert key_path.stat().st_mode & 0o777 == 0o600
+    assert card["watermark"]["verify_key_fingerprint"] == VerifyKey.load(key_path).fingerprint
     assert not (out_dir / "resume.safetensors").exists()
     code, out, err = _run(capsys, "probe", "--encoder", str(out_dir), "--json")
     assert code == 0, err

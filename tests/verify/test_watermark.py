@@ -1,54 +1,35 @@
-"""Tests of the rotation-watermark verifier and of ``encoderguard verify watermark`` on tiny digits checkpoints."""
+"""Tests of the rotation-watermark verifier and of ``encoderguard verify watermark`` on tiny digits checkpoints.
+
+The owner (``tests.verify.owners.save_owner``) learnt the rotation task; its verification set is drawn with a fixed
+secret key written next to the checkpoint. Eight tiny independent encoders (random initialisations and briefly
+trained ones on the owner's ``query`` split) serve as reference models.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from scipy.stats import binomtest
+from scipy import stats
 from tests.conftest import tiny_encoder
+from tests.verify.owners import KEY, SPEC, reference_encoders, references, save_owner, save_reference_set
 
 from encoderguard.api import LocalAPI
 from encoderguard.data import SplitSpec, load_split
 from encoderguard.errors import APIError, CheckpointError, DataError
-from encoderguard.models import ModelCard, load_checkpoint, load_encoder, save_checkpoint, watermark_head
+from encoderguard.models import load_checkpoint, load_encoder
+from encoderguard.models.verify_key import VERIFY_KEY_FILE, VerifyKey
 from encoderguard.train.evaluate import random_init_like
-from encoderguard.train.watermark_task import rotation_batch
+from encoderguard.train.watermark_task import VerificationSeeds, verification_rotations
+from encoderguard.verify.references import Reference
 from encoderguard.verify.watermark import WatermarkVerifier
 
-SPEC = SplitSpec("digits", "owner-train", 0, 300)  # owner-heldout then holds the other 374 owner images
 VERIFY_SEED = 4242
-
-
-def _save_owner(out: Path, *, steps: int, spec: SplitSpec = SPEC, watermark: bool = True) -> Path:
-    """A tiny owner whose encoder and head learnt the rotation task on owner-train (a stand-in for joint SSL
-    training: the verifier only needs a checkpoint whose head reads the watermark from the representation)."""
-    images = load_split(spec).float()
-    encoder = tiny_encoder(0, embed_dim=16)
-    torch.manual_seed(0)
-    head = watermark_head(16, hidden_dim=16)
-    optimiser = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=0.01)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        batch = images[torch.randperm(len(images), generator=generator)[:128]]
-        rotated, labels = rotation_batch(batch, generator=generator)
-        loss = F.cross_entropy(head(encoder(rotated)), labels)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    encoder.eval()
-    card = ModelCard(arch=encoder.arch, arch_kwargs=encoder.arch_kwargs, input_shape=encoder.input_shape,
-                     embed_dim=16, data=spec.to_dict())
-    if watermark:
-        card = replace(card, heads={"watermark_head": {"hidden_dim": 16}},
-                       watermark={"task": "rotation-0-180-vs-180-360", "weight": 1.0, "heldout_acc": None,
-                                  "heldout_n": None, "verify_split": "owner-heldout", "verify_seed": VERIFY_SEED})
-    save_checkpoint(out, encoder=encoder, card=card, watermark_head=head if watermark else None)
-    return out
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,12 +43,27 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def owner(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _save_owner(tmp_path_factory.mktemp("wm") / "owner", steps=80)
+    return save_owner(tmp_path_factory.mktemp("wm") / "owner", steps=80)
 
 
 @pytest.fixture(scope="module")
 def owner_api(owner: Path) -> LocalAPI:
     return LocalAPI(load_encoder(owner))
+
+
+@pytest.fixture(scope="module")
+def encoders() -> list[tuple[str, torch.nn.Module]]:
+    return reference_encoders()
+
+
+@pytest.fixture(scope="module")
+def refs(encoders) -> list[Reference]:
+    return references(encoders)
+
+
+@pytest.fixture(scope="module")
+def refs_dir(encoders, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_reference_set(tmp_path_factory.mktemp("refs") / "refs", encoders).folder
 
 
 class RecordingAPI:
@@ -93,21 +89,87 @@ class RecordingAPI:
         return out
 
 
-def test_owner_is_stolen_and_random_init_is_not(owner, owner_api):
+def test_without_references_a_strong_owner_is_inconclusive(owner, owner_api):
     verifier = WatermarkVerifier(owner, max_queries=300)
     mine = verifier.verify(owner_api)
-    assert mine.method == "watermark" and mine.verdict == "stolen"
-    assert mine.p_value < 1e-4 and mine.statistic > 0.6
+    details = mine.details
+    assert mine.method == "watermark" and mine.verdict == "inconclusive"
+    assert not details["calibrated"] and details["calibration"] == "none" and details["reference_scores"] == {}
+    # the binomial test alone would flag it, but it is reported, not acted on
+    assert mine.p_value == details["binomial_p_value"] < 1e-4 and mine.statistic > 0.6
+    assert details["binomial_p_value"] == pytest.approx(
+        stats.binomtest(details["correct"], 300, 0.5, alternative="greater").pvalue)
+    assert "reference models" in details["reason"] and "references build" in details["reason"]
+    assert details["reason"] in mine.warnings and details["can_detect"]
     assert mine.effect == pytest.approx(mine.statistic - 0.5)
-    assert mine.details["owner_accuracy"] == pytest.approx(mine.statistic)  # the owner is its own suspect
-    assert mine.details["scale"] == pytest.approx(1.0)
+    assert details["owner_accuracy"] == pytest.approx(mine.statistic)  # the owner is its own suspect
+    assert details["scale"] == pytest.approx(1.0)
     strict = WatermarkVerifier(owner, max_queries=300, null_accuracy=0.6).verify(owner_api)
-    assert strict.p_value == pytest.approx(binomtest(mine.details["correct"], 300, 0.6, alternative="greater").pvalue)
+    assert strict.details["binomial_p_value"] == pytest.approx(
+        stats.binomtest(details["correct"], 300, 0.6, alternative="greater").pvalue)
     assert strict.p_value > mine.p_value and strict.effect == pytest.approx(mine.statistic - 0.6)
-    for seed in (1, 2):
+    for seed in (1, 2):  # an encoder the binomial test does not flag stays "independent"
         other = verifier.verify(LocalAPI(random_init_like(load_encoder(owner), seed=seed)))
         assert other.verdict == "independent" and other.p_value > 0.01
         assert abs(other.statistic - 0.5) < 0.1
+
+
+def test_with_references_the_owner_is_stolen_and_random_init_is_not(owner, owner_api, refs):
+    verifier = WatermarkVerifier(owner, references=refs, max_queries=300)
+    mine = verifier.verify(owner_api)
+    details = mine.details
+    assert mine.verdict == "stolen" and details["calibrated"] and details["calibration"] == "prediction"
+    scores = list(details["reference_scores"].values())
+    assert len(scores) == 8 and details["references_skipped"] == {}
+    # the prediction test by hand: t = (x - m) / (s sqrt(1 + 1/K)), s floored at the binomial sd at 0.5, df K - 1
+    mean, floor = statistics.fmean(scores), math.sqrt(0.25 / 300)
+    sd = max(statistics.stdev(scores), floor)
+    expected = stats.t.sf((mine.statistic - mean) / (sd * math.sqrt(1 + 1 / 8)), 7)
+    assert mine.p_value == pytest.approx(expected, rel=1e-9) and mine.p_value < 0.01
+    assert details["binomial_p_value"] < mine.p_value  # the binomial null overstates the evidence
+    assert mine.effect == pytest.approx(mine.statistic - mean) and details["reference_mean"] == pytest.approx(mean)
+    assert details["can_detect"] and details["owner_p_value"] < 0.01 and details["reason"] is None
+    assert not any("reference models:" in w for w in mine.warnings)  # 8 references: no small-set warning
+    for seed in (1, 2):
+        other = verifier.verify(LocalAPI(random_init_like(load_encoder(owner), seed=seed)))
+        assert other.verdict == "independent" and other.p_value > 0.01 and other.details["calibrated"]
+
+
+def test_rank_test_when_there_are_enough_references(owner, owner_api, refs):
+    # alpha 0.2: K + 1 = 9 > 1 / alpha, so the exact rank test decides; the owner beats all 8 references
+    verifier = WatermarkVerifier(owner, references=refs, max_queries=300, alpha=0.2)
+    mine = verifier.verify(owner_api)
+    assert mine.details["calibration"] == "rank" and mine.p_value == pytest.approx(1 / 9)
+    assert mine.verdict == "stolen"
+    other = verifier.verify(LocalAPI(tiny_encoder(7)))
+    scores = mine.details["reference_scores"].values()
+    assert other.p_value == pytest.approx((1 + sum(s >= other.statistic for s in scores)) / 9)
+    assert other.verdict == "independent"
+    # the rank test is used only once it can reach alpha: K + 1 > 1 / alpha (5 references at alpha 0.2, not 4)
+    for k, how in ((4, "prediction"), (5, "rank")):
+        verdict = WatermarkVerifier(owner, references=refs[:k], max_queries=300, alpha=0.2).verify(owner_api)
+        assert verdict.details["calibration"] == how
+
+
+def test_few_or_unusable_references(owner, owner_api, refs):
+    three = WatermarkVerifier(owner, references=refs[:3], max_queries=300).verify(owner_api)
+    assert three.details["calibration"] == "prediction" and len(three.details["reference_scores"]) == 3
+    assert any("only 3 reference models" in w for w in three.warnings)
+    # a reference of another representation size is left out, with the reason
+    wide = Reference("wide", LocalAPI(tiny_encoder(9, embed_dim=8)))
+    two = WatermarkVerifier(owner, references=[*refs[:2], wide], max_queries=300).verify(owner_api)
+    assert set(two.details["references_skipped"]) == {"wide"} and "8-d" in two.details["references_skipped"]["wide"]
+    assert two.verdict == "inconclusive" and not two.details["calibrated"]
+    assert "2 usable reference models" in two.details["reason"]
+
+
+def test_owner_without_signal_is_inconclusive(tmp_path, owner_api, refs):
+    weak = save_owner(tmp_path / "weak", steps=0)  # head and encoder never trained
+    for references_ in ((), refs):
+        verdict = WatermarkVerifier(weak, references=references_, max_queries=200).verify(owner_api)
+        assert verdict.verdict == "inconclusive" and not verdict.details["can_detect"]
+        assert "cannot detect a copy" in verdict.details["reason"]
+        assert any("owner's own watermark does not stand out" in w for w in verdict.warnings)
 
 
 def test_verification_set_is_balanced_secret_and_deterministic(owner, owner_api):
@@ -117,16 +179,49 @@ def test_verification_set_is_balanced_secret_and_deterministic(owner, owner_api)
     assert info["source"] == "digits:owner-heldout"
     heldout = load_split(SPEC.with_split("owner-heldout"))
     train = load_split(SPEC)
-    # built from held-out images only: none of the training images appears among the sources
+    # built from held-out images only: the pool shares no image with the training split
     train_rows = {bytes(row.numpy()) for row in train.images.flatten(1)}
-    assert not any(bytes(row.numpy()) in train_rows for row in heldout.images[:300].flatten(1))
+    assert not any(bytes(row.numpy()) in train_rows for row in heldout.images.flatten(1))
+    # drawn with the key in the owner's directory: images, angles and order follow from it
+    expected, expected_labels, _ = verification_rotations(heldout.float(), 300, VerificationSeeds.from_key(KEY))
+    assert torch.equal(rotated, expected) and torch.equal(labels, expected_labels)
     a, b = verifier.verify(owner_api), verifier.verify(owner_api)
     assert a.to_dict() == b.to_dict()
     assert a.details["class_balance"] == {"rotated_0_180": 150, "rotated_180_360": 150}
-    assert a.details["verification_seed"] == VERIFY_SEED
-    # another seed gives other rotations
-    r2, l2, _, _ = WatermarkVerifier(owner, max_queries=301, seed=VERIFY_SEED + 1).verification_images()
-    assert not torch.equal(r2, rotated)
+    assert a.details["verification_draw"] == f"secret key {KEY.fingerprint}"
+    assert not any("public card" in w or "is not the one" in w for w in a.warnings)
+    same = WatermarkVerifier(owner, max_queries=301, key=VerifyKey.load(owner / VERIFY_KEY_FILE))
+    assert torch.equal(same.verification_images()[0], rotated)
+    # the public card holds the fingerprint, never the key
+    card_text = (owner / "card.json").read_text()
+    assert KEY.fingerprint in card_text and KEY.key.hex() not in card_text and "verify_seed" not in card_text
+    # another key, or a seed, gives other images and rotations
+    other_key = VerifyKey(bytes(range(1, 33)))
+    by_other_key = WatermarkVerifier(owner, max_queries=301, key=other_key)
+    assert not torch.equal(by_other_key.verification_images()[0], rotated)
+    assert any("is not the one" in w for w in by_other_key.verify(owner_api).warnings)
+    by_seed = WatermarkVerifier(owner, max_queries=301, seed=VERIFY_SEED)
+    assert not torch.equal(by_seed.verification_images()[0], rotated)
+    assert by_seed.verify(owner_api).details["verification_draw"] == f"seed {VERIFY_SEED} (not secret)"
+
+
+def test_old_card_with_a_public_seed_still_works_with_a_warning(tmp_path, owner_api, refs):
+    old = save_owner(tmp_path / "old", steps=80, key=False, verify_seed=VERIFY_SEED)
+    assert not (old / VERIFY_KEY_FILE).exists()
+    verifier = WatermarkVerifier(old, references=refs, max_queries=300)
+    rotated = verifier.verification_images()[0]
+    assert torch.equal(rotated, WatermarkVerifier(old, max_queries=300, seed=VERIFY_SEED).verification_images()[0])
+    verdict = verifier.verify(LocalAPI(load_encoder(old)))
+    assert verdict.verdict == "stolen" and verdict.details["calibrated"]
+    assert verdict.details["verification_draw"] == f"the card's public verify_seed {VERIFY_SEED}"
+    assert any("seed stored in the public card" in w for w in verdict.warnings)
+
+
+def test_no_key_and_no_seed_is_refused(tmp_path):
+    keyless = save_owner(tmp_path / "keyless", steps=0, key=False)
+    with pytest.raises(CheckpointError, match="no verification key"):
+        WatermarkVerifier(keyless)
+    assert WatermarkVerifier(keyless, key=KEY).seeds == VerificationSeeds.from_key(KEY)
 
 
 class Mirrored(torch.nn.Module):
@@ -164,15 +259,26 @@ def test_mirror_balanced_set(owner, owner_api):
 
 def test_budget_is_respected_and_queries_are_shuffled_with_decoys(owner, owner_api):
     api = RecordingAPI(owner_api)
-    verdict = WatermarkVerifier(owner, max_queries=101, decoys=0.2).verify(api)
+    verifier = WatermarkVerifier(owner, max_queries=101, decoys=0.2)
+    verdict = verifier.verify(api)
     assert verdict.queries_used == api.queries_used <= 101
     assert verdict.n == 80 and verdict.details["decoys"] == 20
     sent = api.requests[0]
-    heldout = load_split(SPEC.with_split("owner-heldout"))
-    decoy_images = heldout.float(slice(80, 100))
+    decoy_images = verifier.verification_images()[2]
+    assert len(decoy_images) == 20
     positions = [int(torch.nonzero((sent == d).flatten(1).all(1))[0]) for d in decoy_images]
     assert max(positions) - min(positions) > 20 and sorted(positions) != list(range(80, 100))
     assert WatermarkVerifier(owner, max_queries=10).verify(owner_api).queries_used == 10
+
+
+def test_references_receive_the_same_batch_as_the_suspect(owner, owner_api, encoders):
+    recorders = [RecordingAPI(LocalAPI(encoder)) for _, encoder in encoders[:3]]
+    refs = [Reference(f"r{i}", api) for i, api in enumerate(recorders)]
+    suspect = RecordingAPI(owner_api)
+    verifier = WatermarkVerifier(owner, references=refs, max_queries=60, decoys=0.1)
+    verifier.verify(suspect)
+    verifier.verify(suspect)  # the references are read once per verifier
+    assert all(len(r.requests) == 1 and torch.equal(r.requests[0], suspect.requests[0]) for r in recorders)
 
 
 def test_scale_of_the_suspect_is_matched(owner, owner_api):
@@ -184,20 +290,29 @@ def test_scale_of_the_suspect_is_matched(owner, owner_api):
     assert raw.details["scale"] == 1.0 and raw.details["accuracy_unscaled"] == raw.statistic
 
 
-def test_card_and_head_without_encoder(owner, owner_api):
+def test_card_and_head_without_encoder(owner, owner_api, refs):
     ckpt = load_checkpoint(owner)
     with pytest.raises(CheckpointError, match="--watermark"):
         WatermarkVerifier(ckpt.card)  # a card alone carries no head
-    verdict = WatermarkVerifier(ckpt.card, head=ckpt.watermark_head, max_queries=200).verify(owner_api)
+    with pytest.raises(CheckpointError, match="no verification key"):
+        WatermarkVerifier(ckpt.card, head=ckpt.watermark_head)  # nor the key, which sits in the owner's directory
+    verdict = WatermarkVerifier(ckpt.card, head=ckpt.watermark_head, key=KEY, references=refs,
+                                max_queries=200).verify(owner_api)
     assert verdict.verdict == "stolen" and verdict.details["owner_accuracy"] is None
+    assert verdict.details["owner_p_value"] is None and verdict.details["can_detect"]
     assert any("no owner representation norm" in w for w in verdict.warnings)
     # with the owner's norm in the card, a rescaled suspect is read at the owner's scale
     norm = verdict.details["suspect_mean_norm"]
     card = replace(ckpt.card, watermark={**ckpt.card.watermark, "embed_norm": norm})
-    scaled = WatermarkVerifier(card, head=ckpt.watermark_head, max_queries=200).verify(
+    scaled = WatermarkVerifier(card, head=ckpt.watermark_head, key=KEY, references=refs, max_queries=200).verify(
         RecordingAPI(owner_api, scale=0.01))
     assert scaled.details["scale"] == pytest.approx(100.0, rel=1e-4) and not scaled.warnings
     assert scaled.statistic == verdict.statistic
+    # without the encoder, the owner gate reads the card's measured accuracy
+    chance = replace(ckpt.card, watermark={**ckpt.card.watermark, "heldout_acc": 0.5, "heldout_n": 300})
+    gated = WatermarkVerifier(chance, head=ckpt.watermark_head, key=KEY, references=refs,
+                              max_queries=200).verify(owner_api)
+    assert gated.verdict == "inconclusive" and "card heldout_acc 0.500 on 300 images" in gated.details["reason"]
 
 
 def test_watermarked_training_records_what_the_verifier_needs(tmp_path):
@@ -207,27 +322,31 @@ def test_watermarked_training_records_what_the_verifier_needs(tmp_path):
     out = tmp_path / "wm"
     spec = SplitSpec("digits", "owner-train", 0, 64)
     train_to_dir(data=spec, arch="convnet", arch_kwargs={"width": 4, "depth": 2, "embed_dim": 16},
-                 config=SimCLRConfig(epochs=1, batch_size=64, watermark_weight=1.0), out_dir=out, probe=False,
-                 progress=False)
+                 config=SimCLRConfig(epochs=1, batch_size=64, watermark_weight=1.0, seed=5), out_dir=out,
+                 probe=False, progress=False)
     ckpt = load_checkpoint(out)
     wm = ckpt.card.watermark
-    assert wm["verify_split"] == "owner-heldout" and isinstance(wm["verify_seed"], int)
-    assert wm["heldout_n"] == 674 - 64 and wm["embed_norm"] > 0 and "watermark_head" in ckpt.card.heads
-    verdict = WatermarkVerifier(ckpt.card, head=ckpt.watermark_head, max_queries=50).verify(LocalAPI(ckpt.encoder))
+    key_path = out / VERIFY_KEY_FILE
+    assert key_path.is_file() and key_path.stat().st_mode & 0o777 == 0o600
+    key = VerifyKey.load(key_path)
+    assert wm["verify_key_fingerprint"] == key.fingerprint and wm["verify_key_file"] == VERIFY_KEY_FILE
+    assert "verify_seed" not in wm and key.key.hex() not in (out / "card.json").read_text()
+    assert wm["verify_split"] == "owner-heldout" and wm["heldout_n"] == 674 - 64
+    assert wm["embed_norm"] > 0 and "watermark_head" in ckpt.card.heads
+    # the verifier reads the key from the directory and reproduces the card's measured accuracy on the same set
+    whole = WatermarkVerifier(out, max_queries=wm["heldout_n"]).verify(LocalAPI(ckpt.encoder))
+    assert whole.details["verification_draw"] == f"secret key {key.fingerprint}" and whole.n == wm["heldout_n"]
+    assert whole.details["owner_accuracy"] == pytest.approx(wm["heldout_acc"])
+    assert not any("is not the one" in w for w in whole.warnings)
+    verdict = WatermarkVerifier(ckpt.card, head=ckpt.watermark_head, key=key, max_queries=50).verify(
+        LocalAPI(ckpt.encoder))
     assert verdict.details["scale"] == pytest.approx(wm["embed_norm"] / verdict.details["suspect_mean_norm"])
     assert verdict.n == 50 and verdict.queries_used == 50
 
 
-def test_owner_without_signal_is_inconclusive(tmp_path, owner_api):
-    weak = _save_owner(tmp_path / "weak", steps=0)  # head and encoder never trained
-    verdict = WatermarkVerifier(weak, max_queries=200).verify(owner_api)
-    assert verdict.verdict == "inconclusive"
-    assert any("owner's own watermark is not significant" in w for w in verdict.warnings)
-
-
 @pytest.fixture(scope="module")
 def unmarked(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _save_owner(tmp_path_factory.mktemp("plain") / "owner", steps=0, watermark=False)
+    return save_owner(tmp_path_factory.mktemp("plain") / "owner", steps=0, watermark=False)
 
 
 def test_owner_without_watermark_head(unmarked):
@@ -236,18 +355,18 @@ def test_owner_without_watermark_head(unmarked):
 
 
 def test_training_split_overlapping_heldout_is_refused(tmp_path):
-    owner = _save_owner(tmp_path / "o", steps=0, spec=SplitSpec("digits", "train", 0, 300))
+    owner = save_owner(tmp_path / "o", steps=0, spec=SplitSpec("digits", "train", 0, 300))
     with pytest.raises(DataError, match="overlaps owner-heldout"):
         WatermarkVerifier(owner).verification_images()
 
 
 def test_suspect_of_another_size_or_input_shape(owner):
-    with pytest.raises(ValueError, match="head needs the victim's representation size"):
+    with pytest.raises(ValueError, match="head needs the owner's input format and representation size"):
         WatermarkVerifier(owner).verify(LocalAPI(tiny_encoder(0, embed_dim=8)))
     from encoderguard.models import create_encoder
 
     other_shape = create_encoder("convnet", input_shape=(1, 9, 9), embed_dim=16, width=2, depth=1)
-    with pytest.raises(ValueError, match="owner's input format"):
+    with pytest.raises(ValueError, match="owner's watermark inputs"):
         WatermarkVerifier(owner).verify(LocalAPI(other_shape))
 
 
@@ -266,27 +385,46 @@ def test_bad_settings(owner, kwargs, match):
         WatermarkVerifier(owner, **kwargs)
 
 
-def test_cli_verify_watermark_contract(owner, unmarked, capsys):
+def _cli(capsys, *argv: str) -> tuple[int, dict | None, str]:
     from encoderguard.cli.main import main
 
-    code = main(["verify", "watermark", "--owner", str(owner), "--suspect", str(owner), "--queries", "150",
-                 "--json"])
-    assert code == 0
-    result = json.loads(capsys.readouterr().out)
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if code == 0 else None), err
+
+
+def test_cli_verify_watermark_contract(owner, unmarked, refs_dir, tmp_path, capsys):
+    base = ["verify", "watermark", "--owner", str(owner), "--suspect", str(owner)]
+    code, result, err = _cli(capsys, *base, "--queries", "150", "--json")
+    assert code == 0, err
     for key in ("method", "verdict", "p_value", "alpha", "effect", "n", "queries_used", "statistic", "details",
-                "warnings", "suspect"):
+                "warnings", "suspect", "references"):
         assert key in result
-    assert result["method"] == "watermark" and result["verdict"] == "stolen"
+    # no reference set given or registered with the owner: the binomial test alone never says "stolen"
+    assert result["method"] == "watermark" and result["verdict"] == "inconclusive"
+    assert result["details"]["calibration"] == "none" and "no reference set" in result["references"]
     assert result["n"] == 150 and result["queries_used"] == 150 and result["suspect"] == str(owner)
 
-    code = main(["verify", "watermark", "--owner", str(owner), "--suspect", str(owner), "--queries", "100",
-                 "--mirror", "--decoys", "0.2", "--seed", "7", "--json"])
-    assert code == 0
-    result = json.loads(capsys.readouterr().out)
+    code, result, err = _cli(capsys, *base, "--queries", "150", "--references", str(refs_dir), "--json")
+    assert code == 0, err
+    assert result["verdict"] == "stolen" and result["details"]["calibrated"]
+    assert len(result["details"]["reference_scores"]) == 8 and str(refs_dir) in result["references"]
+
+    code, result, err = _cli(capsys, *base, "--queries", "100", "--mirror", "--decoys", "0.2", "--seed", "7", "--json")
+    assert code == 0, err
     assert result["n"] == 80 and result["queries_used"] == 100
     assert result["details"]["mirrored"] == 40 and result["details"]["decoys"] == 20
-    assert result["details"]["verification_seed"] == 7
+    assert result["details"]["verification_draw"] == "seed 7 (not secret)"
 
-    code = main(["verify", "watermark", "--owner", str(unmarked), "--suspect", str(owner), "--json"])
-    assert code == 2
-    assert "train the owner with --watermark" in capsys.readouterr().err
+    other = VerifyKey(bytes(range(2, 34))).save(tmp_path / "other-key.json")
+    code, result, err = _cli(capsys, *base, "--queries", "100", "--verify-key", str(other), "--json")
+    assert code == 0, err
+    assert result["details"]["verification_draw"] == f"secret key {VerifyKey.load(other).fingerprint}"
+    assert any("is not the one" in w for w in result["warnings"])
+
+    code, _, err = _cli(capsys, "verify", "watermark", "--owner", str(unmarked), "--suspect", str(owner), "--json")
+    assert code == 2 and "train the owner with --watermark" in err
+    code, _, err = _cli(capsys, *base, "--references", str(tmp_path / "nowhere"), "--json")
+    assert code == 2 and "no reference set" in err and len(err.strip().splitlines()) == 1
+    code, _, err = _cli(capsys, *base, "--verify-key", str(tmp_path / "missing.json"), "--json")
+    assert code == 2 and "verification key not found" in err

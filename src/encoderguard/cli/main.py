@@ -21,8 +21,8 @@ from encoderguard.errors import EncoderGuardError
 
 # Sub-command modules, in the order `--help` lists them.
 COMMANDS: tuple[str, ...] = (
-    "train", "probe", "serve", "keys", "ledger", "steal", "sweep", "verify", "defend_eval", "defend_calibrate", "demo",
-    "report",
+    "train", "probe", "serve", "keys", "ledger", "steal", "sweep", "references", "verify", "defend_eval",
+    "defend_calibrate", "demo", "report",
 )
 
 

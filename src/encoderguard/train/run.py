@@ -13,27 +13,30 @@ from encoderguard.data.splits import SplitSpec, load_split
 from encoderguard.models.card import ModelCard
 from encoderguard.models.checkpoint import CARD_FILE, save_checkpoint
 from encoderguard.models.registry import check_arch, create_encoder
+from encoderguard.models.verify_key import VERIFY_KEY_FILE, VerifyKey
 from encoderguard.train.probe import encode, probe_model
 from encoderguard.train.progress import log
 from encoderguard.train.simclr import RESUME_FILE, SimCLRConfig, train_simclr
-from encoderguard.train.watermark_task import rotation_batch
+from encoderguard.train.watermark_task import VerificationSeeds, verification_rotations
 
 WATERMARK_EVAL_SIZE = 2000
 
 
-def watermark_accuracy(encoder: torch.nn.Module, head: torch.nn.Module, images: ImageSet, *, seed: int,
-                       limit: int | None = None) -> tuple[int, int]:
+def watermark_accuracy(encoder: torch.nn.Module, head: torch.nn.Module, images: ImageSet, *,
+                       seed: int | VerificationSeeds, limit: int | None = None) -> tuple[int, int]:
     """``(correct, total)`` of ``head`` on ``encoder``'s representations of rotated ``images``."""
     correct, total, _ = watermark_check(encoder, head, images, seed=seed, limit=limit)
     return correct, total
 
 
-def watermark_check(encoder: torch.nn.Module, head: torch.nn.Module, images: ImageSet, *, seed: int,
-                    limit: int | None = None) -> tuple[int, int, float]:
-    """``(correct, total, mean representation norm)`` of ``head`` on ``encoder``'s representations of ``images``
-    rotated with ``rotation_batch`` seeded by ``seed`` (the first ``limit`` images)."""
-    x = images.float() if limit is None else images.float(slice(0, limit))
-    rotated, labels = rotation_batch(x, generator=torch.Generator().manual_seed(seed))
+def watermark_check(encoder: torch.nn.Module, head: torch.nn.Module, images: ImageSet, *,
+                    seed: int | VerificationSeeds, limit: int | None = None) -> tuple[int, int, float]:
+    """``(correct, total, mean representation norm)`` of ``head`` on ``encoder``'s representations of ``limit``
+    verification images drawn from ``images`` and rotated as ``seed`` says (a
+    :class:`~encoderguard.train.watermark_task.VerificationSeeds`, or one integer for the first images)."""
+    seeds = seed if isinstance(seed, VerificationSeeds) else VerificationSeeds.from_seed(seed)
+    n = len(images) if limit is None else min(limit, len(images))
+    rotated, labels, _ = verification_rotations(images.float(), n, seeds)
     z = encode(encoder, rotated)
     with torch.no_grad():
         head.eval()
@@ -82,14 +85,21 @@ def train_to_dir(*, data: SplitSpec, arch: str, arch_kwargs: dict[str, Any], con
     watermark: dict[str, Any] | None = None
     if result.watermark_head is not None:
         heads["watermark_head"] = {"hidden_dim": config.watermark_hidden}
-        verify_seed = config.seed + 7919
+        # The verification set is drawn with a secret key (256 bits from the OS) kept in a private file next to the
+        # checkpoint, never with a seed a thief could read or guess. Written before the card, and reused when a
+        # resumed run finds it, so that the card's measured accuracy always matches the key on disk.
+        key_path = out / VERIFY_KEY_FILE
+        key = VerifyKey.load(key_path) if key_path.exists() else VerifyKey.generate()
+        if not key_path.exists():
+            key.save(key_path)
         heldout = load_split(data.with_split("owner-heldout"), data_dir=data_dir)
-        correct, total, norm = watermark_check(encoder, result.watermark_head, heldout, seed=verify_seed,
-                                               limit=WATERMARK_EVAL_SIZE)
+        correct, total, norm = watermark_check(encoder, result.watermark_head, heldout,
+                                               seed=VerificationSeeds.from_key(key), limit=WATERMARK_EVAL_SIZE)
         # embed_norm lets a verifier holding only the card and head rescale a suspect's answers to the owner's scale.
         watermark = {"task": "rotation-0-180-vs-180-360", "weight": config.watermark_weight,
                      "train_acc": result.watermark_train_acc, "heldout_acc": correct / total,
-                     "heldout_n": total, "verify_split": "owner-heldout", "verify_seed": verify_seed,
+                     "heldout_n": total, "verify_split": "owner-heldout",
+                     "verify_key_file": VERIFY_KEY_FILE, "verify_key_fingerprint": key.fingerprint,
                      "embed_norm": norm}
     if probe:
         probe_result = probe_model(encoder, load_split(data.with_split("probe-train"), data_dir=data_dir),

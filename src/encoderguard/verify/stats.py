@@ -1,9 +1,13 @@
 """Statistics for ownership tests, as pure functions (numbers in, numbers out).
 
-Each function is tested against a scipy reference. Keep this module flat: one function per statistic.
+Each function is tested against a scipy (or statsmodels-equivalent, hand-written) reference. Keep this module flat:
+one function per statistic.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 from scipy import stats as _stats
 
@@ -134,3 +138,102 @@ def trials_needed_greater(accuracy: float, alpha: float, p0: float = 0.5, *, max
             low = mid + 1
     return high
 
+
+
+def rank_p_value(suspect: float, references: Sequence[float]) -> float:
+    """Exact rank test of a suspect's score against the scores of ``K`` reference (null) models.
+
+    ``p = (1 + #{references >= suspect}) / (K + 1)``. Valid without any distributional assumption when the suspect
+    and the references are exchangeable under the null (the suspect is "one more independent model"); its smallest
+    value is ``1 / (K + 1)``, so it can reach ``p < alpha`` only with ``K >= 1 / alpha`` references.
+
+    Args:
+        suspect: the suspect's score (larger means more evidence of derivation).
+        references: the reference models' scores on the same test.
+
+    Returns:
+        The p-value in ``(0, 1]``.
+
+    Raises:
+        ValueError: no references, or a non-finite score.
+    """
+    refs = _finite_scores(references, "references")
+    if not math.isfinite(suspect):
+        raise ValueError(f"suspect score must be finite, got {suspect!r}")
+    return float((1 + sum(r >= suspect for r in refs)) / (len(refs) + 1))
+
+
+def prediction_p_value(suspect: float, references: Sequence[float], *, min_sd: float = 0.0) -> float:
+    """Random-effects prediction test: is the suspect's score above what a new independent model would score?
+
+    Independent models differ from each other by more than sampling noise (each has its own "chance level"), so the
+    null distribution of a new independent model's score is estimated from the ``K`` reference models: with sample
+    mean ``m`` and sample standard deviation ``s``, ``(x - m) / (s * sqrt(1 + 1 / K))`` follows Student's t with
+    ``K - 1`` degrees of freedom when the scores are normal. That is the one-sided upper prediction bound for one
+    new observation; it accounts both for the between-model spread and for the uncertainty of ``m`` and ``s``.
+
+    Args:
+        suspect: the suspect's score.
+        references: the reference models' scores (at least 3).
+        min_sd: a floor on ``s`` (e.g. the binomial standard deviation of an accuracy on ``n`` items, which any
+            model's score carries even when the references happen to agree closely).
+
+    Returns:
+        The one-sided p-value ``P(T >= t)``, ``T ~ t(K - 1)``.
+
+    Raises:
+        ValueError: fewer than 3 references, a non-finite score or a negative ``min_sd``.
+
+    Reference:
+        Hahn & Meeker, "Statistical Intervals", Wiley 1991, section 4.6 (prediction interval for one future
+        observation from a normal distribution).
+    """
+    refs = _finite_scores(references, "references")
+    if len(refs) < 3:
+        raise ValueError(f"the prediction test needs at least 3 reference scores, got {len(refs)}")
+    if not math.isfinite(suspect):
+        raise ValueError(f"suspect score must be finite, got {suspect!r}")
+    if not (math.isfinite(min_sd) and min_sd >= 0):
+        raise ValueError(f"min_sd must be >= 0, got {min_sd!r}")
+    k = len(refs)
+    mean = sum(refs) / k
+    sd = max(math.sqrt(sum((r - mean) ** 2 for r in refs) / (k - 1)), min_sd)
+    if sd == 0:
+        return 0.0 if suspect > mean else 1.0
+    t = (suspect - mean) / (sd * math.sqrt(1 + 1 / k))
+    return float(_stats.t.sf(t, k - 1))
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given).
+
+    Rejecting every hypothesis whose adjusted p-value is below ``alpha`` keeps the family-wise error rate at most
+    ``alpha`` under any dependence between the tests. Equal to
+    ``statsmodels.stats.multitest.multipletests(p, method="holm")[1]``.
+
+    Raises:
+        ValueError: a p-value outside ``[0, 1]``.
+
+    Reference:
+        Holm, "A simple sequentially rejective multiple test procedure", Scandinavian Journal of Statistics 1979.
+    """
+    ps = [float(p) for p in p_values]
+    if any(not (0 <= p <= 1) for p in ps):
+        raise ValueError(f"p-values must be in [0, 1], got {ps}")
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: ps[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def _finite_scores(values: Sequence[float], name: str) -> list[float]:
+    out = [float(v) for v in values]
+    if not out:
+        raise ValueError(f"{name} must hold at least one score")
+    if any(not math.isfinite(v) for v in out):
+        raise ValueError(f"{name} must be finite, got {out}")
+    return out
