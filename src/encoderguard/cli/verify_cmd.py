@@ -1,44 +1,41 @@
-"""``encoderguard verify di|watermark``: ownership tests against a suspect checkpoint or API.
+"""``encoderguard verify di|watermark|all``: ownership tests against a suspect checkpoint or API.
 
-The methods live in ``encoderguard.cli.verify_di`` and ``encoderguard.cli.verify_watermark``; each exposes
-``add_arguments(parser)`` and ``run(args) -> dict``.
+The methods live in ``encoderguard.cli.verify_di``, ``encoderguard.cli.verify_watermark`` and
+``encoderguard.cli.verify_all``; each exposes ``add_arguments(parser)``, ``run(args) -> dict`` and optionally
+``render(result) -> str``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from types import ModuleType
 from typing import Any
 
+from encoderguard.cli import verify_all, verify_di, verify_watermark
 from encoderguard.cli.main import add_common
 
-METHODS = {"di": "encoderguard.cli.verify_di", "watermark": "encoderguard.cli.verify_watermark"}
+METHODS: dict[str, ModuleType] = {"di": verify_di, "watermark": verify_watermark, "all": verify_all}
+DEFAULT_ALPHA = 0.01
 
 
-def _method_module(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(METHODS[name])
-    except ModuleNotFoundError as exc:
-        if exc.name != METHODS[name]:
-            raise
-        return None
+def alpha_of(args: argparse.Namespace) -> float:
+    """``--alpha``, or the default 0.01 when it was not given."""
+    return DEFAULT_ALPHA if args.alpha is None else float(args.alpha)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("verify", help="is a suspect a stolen copy? (dataset inference or watermark)")
+    p = sub.add_parser("verify", help="is a suspect a stolen copy? (dataset inference, watermark, or all combined)")
     methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
-    for name in METHODS:
-        module = _method_module(name)
-        if module is None:
-            continue
+    for name, module in METHODS.items():
         mp = methods.add_parser(name, help=module.__doc__.strip().splitlines()[0] if module.__doc__ else name)
         mp.add_argument("--owner", required=True, help="the owner's checkpoint directory")
         mp.add_argument("--suspect", default=None, help="suspect checkpoint directory")
         mp.add_argument("--suspect-api", default=None, help="suspect embedding API URL")
         mp.add_argument("--suspect-key", default=None, help="API key for --suspect-api")
-        mp.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
+        # None when not given, so that a method can tell an explicit --alpha from the default (a frozen test
+        # refuses an --alpha that differs from its own); methods resolve None with alpha_of(args).
+        mp.add_argument("--alpha", type=float, default=None, help=f"significance level (default {DEFAULT_ALPHA})")
         add_common(mp)
         module.add_arguments(mp)
         mp.set_defaults(handler=sys.modules[__name__], method_module=module)
@@ -61,13 +58,15 @@ def suspect_api(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if not (0 < args.alpha < 1):
+    if args.alpha is not None and not (0 < args.alpha < 1):
         raise ValueError(f"--alpha must be in (0, 1), got {args.alpha}")
     result: dict[str, Any] = args.method_module.run(args)
     return result
 
 
 def render(result: dict[str, Any]) -> str:
+    if "combined_p" in result:  # verify all: one decision over several methods
+        return verify_all.render(result)
     p = result.get("p_value")
     lines = [f"{result.get('method')}: {str(result.get('verdict')).upper()}  (p = {p:.3g}, alpha = "
              f"{result.get('alpha')}, n = {result.get('n')}, suspect queries = {result.get('queries_used')})"

@@ -1,4 +1,4 @@
-"""Rotation-watermark test: does the suspect carry the owner's secret watermark? (exact binomial test)"""
+"""Rotation-watermark test: does the suspect carry the owner's secret watermark? (calibrated on reference models)"""
 
 from __future__ import annotations
 
@@ -20,10 +20,15 @@ def _fraction(text: str) -> float:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``verify watermark`` (``--owner/--suspect/--suspect-api/--suspect-key/--alpha/--json`` exist)."""
-    p.add_argument("--queries", type=positive_int, default=1000,
-                   help="most images sent to the suspect (default 1000); the test uses the largest even number")
+    p.add_argument("--queries", type=positive_int, default=2000,
+                   help="most images sent to the suspect (default 2000); the test uses the largest even number")
+    p.add_argument("--references", default=None,
+                   help="reference-set folder that calibrates the test (default: the one registered with the owner "
+                        "by 'references build'); without references the test cannot answer 'stolen'")
+    p.add_argument("--verify-key", default=None,
+                   help="the owner's secret verification key (default: OWNER/watermark-verify-key.json)")
     p.add_argument("--seed", type=non_negative_int, default=None,
-                   help="rotation seed (default: the owner card's secret verification seed)")
+                   help="draw the verification set from this (public) seed instead of the secret key")
     p.add_argument("--decoys", type=_fraction, default=0.0,
                    help="fraction of --queries spent on un-rotated images mixed among the watermark queries "
                         "(default 0)")
@@ -40,15 +45,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the test; the result is ``Verdict.to_dict()`` plus ``"suspect"`` (the directory or API URL)."""
-    from encoderguard.cli.verify_cmd import suspect_api
+    from encoderguard.cli.verify_cmd import alpha_of, suspect_api
+    from encoderguard.models.verify_key import VerifyKey
+    from encoderguard.verify.ownership import resolve_references
     from encoderguard.verify.watermark import WatermarkVerifier
 
     if args.queries < 2:
         raise ValueError(f"--queries must be >= 2, got {args.queries}")
-    verifier = WatermarkVerifier(args.owner, max_queries=args.queries, alpha=args.alpha, seed=args.seed,
+    refs, refs_note = resolve_references(args.owner, args.references)
+    key = VerifyKey.load(args.verify_key) if args.verify_key else None
+    verifier = WatermarkVerifier(args.owner, max_queries=args.queries, alpha=alpha_of(args), seed=args.seed,
+                                 references=refs.references() if refs is not None else (), key=key,
                                  null_accuracy=args.null_accuracy, decoys=args.decoys, mirror=args.mirror,
                                  match_scale=not args.no_match_scale, data_dir=args.data_dir)
     api = suspect_api(args)
     result = verifier.verify(api).to_dict()
     result["suspect"] = args.suspect or args.suspect_api
+    result["references"] = refs_note
     return result

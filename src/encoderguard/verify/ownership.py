@@ -1,0 +1,125 @@
+"""``verify all``: every applicable ownership test on one suspect, and one decision.
+
+The owner's side is read from its checkpoint directory: the watermark head and secret key (training-time rotation
+watermark), the data split (dataset inference), a frozen dataset-inference config if one was saved there
+(``di-config.json``) and the reference set registered there (``references.json``, written by
+``encoderguard references build``). Each test runs on the suspect through the ``EmbeddingAPI`` protocol, and
+:func:`~encoderguard.verify.decision.combine` turns their p-values into one decision with family-wise error at most
+alpha.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from encoderguard.api.protocol import EmbeddingAPI
+from encoderguard.errors import CheckpointError, DataError
+from encoderguard.models.checkpoint import load_checkpoint
+from encoderguard.train.progress import log
+from encoderguard.verify.decision import Decision, MethodResult, combine
+from encoderguard.verify.references import ReferenceSet, owner_reference_dir
+
+DI_CONFIG_FILE = "di-config.json"
+DEFAULT_WATERMARK_QUERIES = 2000
+
+
+def resolve_references(owner_dir: str | os.PathLike[str], references: str | os.PathLike[str] | ReferenceSet | None
+                       ) -> tuple[ReferenceSet | None, str]:
+    """The reference set to calibrate with, and a sentence saying where it came from."""
+    if isinstance(references, ReferenceSet):
+        return references, f"references from {references.folder}"
+    if references is not None:
+        return ReferenceSet.load(references), f"references from {references} (--references)"
+    folder = owner_reference_dir(owner_dir)
+    if folder is not None:
+        pointer = Path(owner_dir) / "references.json"
+        return ReferenceSet.load(folder), f"references registered with the owner ({pointer} -> {folder})"
+    return None, ("no reference set: none given and none registered with the owner (encoderguard references build "
+                  "--owner DIR --count K --out REFS); the watermark test is uncalibrated and cannot answer 'stolen'")
+
+
+def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
+               references: str | os.PathLike[str] | ReferenceSet | None = None, alpha: float = 0.01,
+               di_config: str | os.PathLike[str] | None = None, watermark_queries: int = DEFAULT_WATERMARK_QUERIES,
+               data_dir: str | None = None) -> dict[str, Any]:
+    """Run every applicable ownership test on ``suspect`` and combine them.
+
+    Args:
+        owner_dir: the owner's checkpoint directory.
+        suspect: the suspect as an EmbeddingAPI (a checkpoint in memory or any HTTP endpoint).
+        references: a reference-set folder (default: the one registered with the owner).
+        alpha: family-wise error level of the decision (each method also reports its own verdict at alpha).
+        di_config: a frozen dataset-inference config (default: ``OWNER_DIR/di-config.json`` if present; without
+            one the test runs unfrozen, with a warning).
+        watermark_queries: suspect queries of the watermark test.
+        data_dir: folder of the named datasets.
+
+    Returns:
+        :meth:`Decision.to_dict` plus ``"references"`` (where the null came from and how many models),
+        ``"queries_used"`` and ``"warnings"``.
+
+    Raises:
+        CheckpointError, DataError: unusable owner files; APIError: the suspect failed to answer.
+    """
+    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    owner = load_checkpoint(owner_dir)
+    refs, refs_note = resolve_references(owner_dir, references)
+    warnings: list[str] = [] if refs is not None else [refs_note]
+    ref_list = refs.references() if refs is not None else []
+    if refs is not None:
+        warnings += refs.check_owner(owner.card)
+    methods: list[MethodResult] = []
+    queries = 0
+
+    if owner.watermark_head is None or not owner.card.watermark:
+        methods.append(MethodResult.not_applicable("watermark", "the owner's model carries no training-time "
+                                                   "watermark (train it with --watermark)"))
+    else:
+        from encoderguard.verify.watermark import WatermarkVerifier
+
+        try:
+            verifier = WatermarkVerifier(owner_dir, references=ref_list, max_queries=watermark_queries, alpha=alpha,
+                                         data_dir=data_dir)
+            log("verify all: watermark test")
+            verdict = verifier.verify(suspect)
+        except (ValueError, CheckpointError) as exc:
+            # the suspect's format does not fit the head (another size or input shape), or the owner's secret
+            # verification key is missing: the other tests still run
+            methods.append(MethodResult.not_applicable("watermark", str(exc)))
+        else:
+            queries += verdict.queries_used
+            methods.append(MethodResult.from_verdict(verdict))
+
+    data = owner.card.data or {}
+    if not data or data.get("split", "owner-train") != "owner-train":
+        methods.append(MethodResult.not_applicable("di", "dataset inference needs the owner's training data: the "
+                                                   "owner's card records no owner-train split"))
+    else:
+        from encoderguard.verify.di_config import FrozenDIConfig
+        from encoderguard.verify.di_workflow import verify_di
+
+        config_path = Path(di_config) if di_config is not None else Path(owner_dir) / DI_CONFIG_FILE
+        config = FrozenDIConfig.load(config_path) if (di_config is not None or config_path.is_file()) else None
+        try:
+            log("verify all: dataset inference")
+            verdict = verify_di(owner, suspect, config=config, alpha=None if config is not None else alpha,
+                                data_dir=data_dir)
+        except DataError as exc:
+            methods.append(MethodResult.not_applicable("di", str(exc)))
+        else:
+            if config is not None and verdict.alpha != alpha:
+                warnings.append(f"dataset inference ran at its frozen alpha {verdict.alpha}; the decision uses "
+                                f"alpha {alpha}")
+            queries += verdict.queries_used
+            methods.append(MethodResult.from_verdict(verdict))
+
+    decision: Decision = combine(methods, alpha=alpha)
+    out = decision.to_dict()
+    out["references"] = {"source": refs_note, "count": len(ref_list),
+                         "folder": None if refs is None else str(refs.folder)}
+    out["queries_used"] = queries
+    out["warnings"] = warnings
+    return out

@@ -1,0 +1,148 @@
+"""``encoderguard verify all``: every applicable ownership test on one suspect, one decision (tiny digits owner)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from tests.conftest import tiny_encoder
+from tests.verify.owners import SPEC, reference_encoders, save_owner, save_reference_set
+
+from encoderguard.cli.main import main
+from encoderguard.models import ModelCard, save_checkpoint
+from encoderguard.models.verify_key import VERIFY_KEY_FILE
+from encoderguard.verify.references import register_with_owner
+
+DI_FAST = {"members": 40, "nonmembers": 60, "n_permutations": 100}
+CONTRACT = {"verdict", "alpha", "combined_p", "methods", "family", "rule", "reason", "references", "queries_used",
+            "warnings", "suspect"}
+ROW = {"method", "verdict", "p_value", "calibrated", "can_detect", "in_family", "holm_p", "reason"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def owner(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The watermarked tiny owner, with a small frozen dataset-inference test at its default place."""
+    from encoderguard.verify.di_workflow import freeze_di
+
+    out = save_owner(tmp_path_factory.mktemp("all") / "owner", steps=80)
+    freeze_di(out, null_encoders=1, **DI_FAST).save(out / "di-config.json")
+    return out
+
+
+@pytest.fixture(scope="module")
+def refs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_reference_set(tmp_path_factory.mktemp("all-refs") / "refs", reference_encoders()).folder
+
+
+def _suspect(folder: Path, seed: int, *, embed_dim: int = 16) -> Path:
+    encoder = tiny_encoder(seed, embed_dim=embed_dim)
+    save_checkpoint(folder, encoder=encoder.eval(), card=ModelCard(
+        arch="convnet", arch_kwargs={}, input_shape=(1, 8, 8), embed_dim=embed_dim,
+        data=SPEC.with_split("query").to_dict()))
+    return folder
+
+
+def _run(capsys, *argv: str) -> tuple[int, dict | None, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if code == 0 and out.startswith("{") else None), err
+
+
+def _methods(result: dict) -> dict[str, dict]:
+    return {row["method"]: row for row in result["methods"]}
+
+
+def test_owner_is_stolen_with_references(owner, refs_dir, capsys):
+    code, result, err = _run(capsys, "verify", "all", "--owner", str(owner), "--suspect", str(owner),
+                             "--references", str(refs_dir), "--watermark-queries", "300", "--json")
+    assert code == 0, err
+    assert CONTRACT <= set(result) and result["suspect"] == str(owner)
+    methods = _methods(result)
+    assert set(methods) == {"watermark", "di"} and all(ROW <= set(row) for row in methods.values())
+    assert result["verdict"] == "stolen" and result["combined_p"] < result["alpha"] == 0.01
+    watermark = methods["watermark"]
+    assert watermark["verdict"] == "stolen" and watermark["calibrated"] and watermark["in_family"]
+    assert watermark["details"]["calibration"] == "prediction" and len(watermark["details"]["reference_scores"]) == 8
+    assert "watermark" in result["family"] and watermark["holm_p"] >= watermark["p_value"]
+    assert result["combined_p"] == min(row["holm_p"] for row in methods.values() if row["in_family"])
+    assert methods["di"]["verdict"] in ("stolen", "independent", "inconclusive") and methods["di"]["calibrated"]
+    assert not any("not frozen" in w for w in methods["di"]["warnings"])  # OWNER/di-config.json was used
+    assert result["references"]["count"] == 8 and result["references"]["folder"] == str(refs_dir)
+    assert result["queries_used"] == watermark["queries_used"] + methods["di"]["queries_used"] == 300 + 100
+    assert result["warnings"] == []
+
+
+def test_an_unrelated_encoder_is_not_stolen(owner, refs_dir, tmp_path, capsys):
+    suspect = _suspect(tmp_path / "unrelated", seed=21)
+    code, result, err = _run(capsys, "verify", "all", "--owner", str(owner), "--suspect", str(suspect),
+                             "--references", str(refs_dir), "--watermark-queries", "300", "--json")
+    assert code == 0, err
+    assert result["verdict"] != "stolen" and (result["combined_p"] is None or result["combined_p"] >= 0.01)
+    assert _methods(result)["watermark"]["verdict"] == "independent"
+
+
+def test_without_references_the_decision_cannot_say_stolen(owner, refs_dir, tmp_path, capsys):
+    mine = shutil.copytree(owner, tmp_path / "owner")  # this test registers a set with its owner
+    code, result, err = _run(capsys, "verify", "all", "--owner", str(mine), "--suspect", str(mine),
+                             "--watermark-queries", "300", "--json")
+    assert code == 0, err
+    watermark = _methods(result)["watermark"]
+    assert watermark["verdict"] == "inconclusive" and not watermark["calibrated"] and not watermark["in_family"]
+    assert watermark["details"]["binomial_p_value"] < 1e-4  # strong, but uncalibrated
+    assert result["verdict"] != "stolen" and result["references"]["count"] == 0
+    assert any("no reference set" in w for w in result["warnings"])
+    # the set registered with the owner (what 'references build' writes) is found without --references
+    register_with_owner(mine, refs_dir)
+    code, result, err = _run(capsys, "verify", "all", "--owner", str(mine), "--suspect", str(mine),
+                             "--watermark-queries", "300", "--json")
+    assert code == 0, err
+    assert result["verdict"] == "stolen" and "registered with the owner" in result["references"]["source"]
+
+
+def test_missing_reference_set_is_a_one_line_error(owner, capsys):
+    code, out, err = _run(capsys, "verify", "all", "--owner", str(owner), "--suspect", str(owner),
+                          "--references", "/nonexistent", "--json")
+    assert code == 2 and out is None
+    assert len(err.strip().splitlines()) == 1 and "no reference set at /nonexistent" in err
+
+
+def test_suspect_of_another_size_makes_the_watermark_not_applicable(owner, refs_dir, tmp_path, capsys):
+    suspect = _suspect(tmp_path / "narrow", seed=22, embed_dim=8)
+    code, result, err = _run(capsys, "verify", "all", "--owner", str(owner), "--suspect", str(suspect),
+                             "--references", str(refs_dir), "--json")
+    assert code == 0, err
+    methods = _methods(result)
+    watermark = methods["watermark"]
+    assert watermark["verdict"] == "not applicable" and watermark["p_value"] is None and not watermark["in_family"]
+    assert "8-d" in watermark["reason"] and "16-d" in watermark["reason"]
+    assert "watermark" not in result["family"] and methods["di"]["verdict"] != "not applicable"
+    assert result["verdict"] in ("independent", "inconclusive")
+
+
+def test_human_output(owner, refs_dir, capsys):
+    code = main(["verify", "all", "--owner", str(owner), "--suspect", str(owner), "--references", str(refs_dir),
+                 "--watermark-queries", "300"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("decision: STOLEN")
+    assert "watermark" in out and "calibrated" in out and f"null: references from {refs_dir}" in out
+
+
+def test_missing_verification_key_makes_the_watermark_not_applicable(owner, tmp_path, capsys):
+    keyless = shutil.copytree(owner, tmp_path / "owner")
+    (keyless / VERIFY_KEY_FILE).unlink()
+    code, result, err = _run(capsys, "verify", "all", "--owner", str(keyless), "--suspect", str(keyless), "--json")
+    assert code == 0, err
+    watermark = _methods(result)["watermark"]
+    assert watermark["verdict"] == "not applicable" and "verification key" in watermark["reason"]
+    assert _methods(result)["di"]["verdict"] != "not applicable"
