@@ -79,7 +79,9 @@ def test_owner_is_stolen_with_references(owner, refs_dir, capsys):
     assert methods["di"]["verdict"] in ("stolen", "independent", "inconclusive") and methods["di"]["calibrated"]
     assert not any("not frozen" in w for w in methods["di"]["warnings"])  # OWNER/di-config.json was used
     assert result["references"]["count"] == 8 and result["references"]["folder"] == str(refs_dir)
-    assert result["queries_used"] == watermark["queries_used"] + methods["di"]["queries_used"] == 300 + 100
+    # alignment (default auto) adds the owner's whole query split (674 digits images < --align-queries 1000)
+    assert result["alignment"]["kind"] == "none" and result["alignment"]["queries"] == 674
+    assert result["queries_used"] == watermark["queries_used"] + methods["di"]["queries_used"] == 300 + 674 + 100
     assert result["warnings"] == []
 
 
@@ -120,7 +122,7 @@ def test_missing_reference_set_is_a_one_line_error(owner, capsys):
 def test_suspect_of_another_size_makes_the_watermark_not_applicable(owner, refs_dir, tmp_path, capsys):
     suspect = _suspect(tmp_path / "narrow", seed=22, embed_dim=8)
     code, result, err = _run(capsys, "verify", "all", "--owner", str(owner), "--suspect", str(suspect),
-                             "--references", str(refs_dir), "--json")
+                             "--references", str(refs_dir), "--align", "none", "--json")
     assert code == 0, err
     methods = _methods(result)
     watermark = methods["watermark"]
@@ -146,3 +148,56 @@ def test_missing_verification_key_makes_the_watermark_not_applicable(owner, tmp_
     watermark = _methods(result)["watermark"]
     assert watermark["verdict"] == "not applicable" and "verification key" in watermark["reason"]
     assert _methods(result)["di"]["verdict"] != "not applicable"
+
+
+def test_suspect_of_another_size_is_read_through_a_linear_map_by_default(owner, refs_dir, tmp_path, capsys):
+    suspect = _suspect(tmp_path / "narrow", seed=22, embed_dim=8)
+    code, result, err = _run(capsys, "verify", "all", "--owner", str(owner), "--suspect", str(suspect),
+                             "--references", str(refs_dir), "--align-queries", "200", "--json")
+    assert code == 0, err
+    watermark = _methods(result)["watermark"]
+    assert watermark["verdict"] == "independent" and watermark["in_family"]
+    assert result["alignment"]["kind"] == "linear" and set(result["alignment"]["candidates"]) == {"linear"}
+    assert result["verdict"] != "stolen"
+
+
+def test_verify_all_reports_the_alignment(owner, refs_dir, capsys):
+    code, result, err = _run(capsys, "verify", "all", "--owner", str(owner), "--suspect", str(owner),
+                             "--references", str(refs_dir), "--watermark-queries", "300", "--align-queries", "200",
+                             "--json")
+    assert code == 0, err
+    alignment = result["alignment"]
+    assert {"kind", "queries", "fit_r2"} <= set(alignment) and alignment["queries"] == 200
+    assert alignment["kind"] == "none" and alignment["fit_r2"] > 0.99  # the owner itself: the identity fits
+    assert alignment == _methods(result)["watermark"]["details"]["alignment"]
+    assert result["queries_used"] == 300 + 200 + 100 and result["verdict"] == "stolen"
+    code, result, err = _run(capsys, "verify", "all", "--owner", str(owner), "--suspect", str(owner),
+                             "--references", str(refs_dir), "--watermark-queries", "300", "--align", "none",
+                             "--json")
+    assert code == 0, err
+    assert result["alignment"] == {"kind": "none", "queries": 0, "fit_r2": None}
+    assert result["queries_used"] == 300 + 100
+
+
+def test_verify_watermark_align_flag(owner, refs_dir, capsys):
+    code, result, err = _run(capsys, "verify", "watermark", "--owner", str(owner), "--suspect", str(owner),
+                             "--references", str(refs_dir), "--queries", "300", "--align", "auto",
+                             "--align-queries", "200", "--json")
+    assert code == 0, err
+    alignment = result["alignment"]
+    assert {"kind", "queries", "fit_r2"} <= set(alignment) and alignment == result["details"]["alignment"]
+    assert alignment["kind"] == "none" and alignment["queries"] == 200 and alignment["fit_r2"] > 0.99
+    assert result["queries_used"] == 500 and result["verdict"] == "stolen"
+    code, result, err = _run(capsys, "verify", "watermark", "--owner", str(owner), "--suspect", str(owner),
+                             "--references", str(refs_dir), "--queries", "300", "--json")
+    assert code == 0, err
+    assert result["alignment"]["kind"] == "none" and result["alignment"]["queries"] == 0
+    assert result["queries_used"] == 300
+
+
+def test_verify_di_align_flag_counts_the_alignment_queries(owner, capsys):
+    code, result, err = _run(capsys, "verify", "di", "--owner", str(owner), "--suspect", str(owner), "--config",
+                             str(owner / "di-config.json"), "--align", "auto", "--align-queries", "200", "--json")
+    assert code == 0, err
+    assert result["alignment"]["kind"] == "none" and result["alignment"]["queries"] == 200
+    assert result["alignment"]["fit_r2"] > 0.99 and result["queries_used"] == 100 + 200

@@ -17,6 +17,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="frozen dataset-inference config (default: OWNER/di-config.json if present)")
     p.add_argument("--watermark-queries", type=positive_int, default=2000,
                    help="suspect queries of the watermark test (default 2000)")
+    p.add_argument("--align", choices=("none", "auto", "orthogonal", "linear", "permutation"), default="auto",
+                   help="alignment of the suspect's answers to the owner's space before the watermark head reads "
+                        "them (default auto: the map with the best held-out fit, the identity when it fits as well; "
+                        "the references are aligned the same way)")
+    p.add_argument("--align-queries", type=positive_int, default=1000,
+                   help="alignment images from the owner's query split (default 1000)")
     add_data_dir(p)
 
 
@@ -25,7 +31,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from encoderguard.verify.ownership import verify_all
 
     result = verify_all(args.owner, suspect_api(args), references=args.references, alpha=alpha_of(args),
-                        di_config=args.di_config, watermark_queries=args.watermark_queries, data_dir=args.data_dir)
+                        di_config=args.di_config, watermark_queries=args.watermark_queries, data_dir=args.data_dir,
+                        align=args.align, align_queries=args.align_queries)
     result["suspect"] = args.suspect or args.suspect_api
     return result
 

@@ -57,6 +57,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--copy-budget", type=positive_int, default=2000,
                    help="query images of the simulated copy (default 2000, from the owner's query split)")
     p.add_argument("--copy-epochs", type=positive_int, default=60, help="training epochs of the simulated copy")
+    p.add_argument("--align", choices=("none", "auto", "orthogonal", "linear", "permutation"), default="none",
+                   help="map the suspect's answers into the owner's space first, fitted on --align-queries images of "
+                        "the owner's query split (default none: the standardised geometry already ignores "
+                        "permutations and per-dimension scales)")
+    p.add_argument("--align-queries", type=positive_int, default=1000, help="alignment images (default 1000)")
     p.add_argument("--plot", default=None, help="write a plot of the two score distributions (needs matplotlib)")
     add_data_dir(p)
 
@@ -97,14 +102,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from encoderguard.cli.verify_cmd import suspect_api
 
         config = FrozenDIConfig.load(args.config) if args.config else None
-        verdict = verify_di(args.owner, suspect_api(args), config=config, alpha=args.alpha,
+        api, alignment = _aligned(args, suspect_api(args))
+        verdict = verify_di(args.owner, api, config=config, alpha=args.alpha,
                             null_encoders=args.null_encoders, budget=args.budget, data_dir=args.data_dir,
                             progress=True, **(copy if args.copy_check else {}), **settings)
         result = verdict.to_dict()
         result["suspect"] = args.suspect or args.suspect_api
+        result["alignment"] = alignment
+        result["queries_used"] += alignment["queries"]
     scores = result.get("details", {}).get("scores")
     if args.plot and scores:
         from encoderguard.verify.di_plot import plot_score_distributions
 
         result["plot"] = str(plot_score_distributions(scores, args.plot))
     return result
+
+
+def _aligned(args: argparse.Namespace, api: Any) -> tuple[Any, dict[str, Any]]:
+    """The suspect, mapped into the owner's space when ``--align`` asks (its cost in queries reported)."""
+    if args.align == "none":
+        return api, {"kind": "none", "queries": 0, "fit_r2": None}
+    import torch
+
+    from encoderguard.api import LocalAPI
+    from encoderguard.data.splits import SplitSpec, load_split
+    from encoderguard.models import load_checkpoint
+    from encoderguard.verify.alignment import align_api
+
+    owner = load_checkpoint(args.owner)
+    pool = load_split(SplitSpec.from_dict(owner.card.data or {}).with_split("query"), data_dir=args.data_dir)
+    chosen = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[: args.align_queries]
+    aligned, alignment = align_api(api, LocalAPI(owner.encoder), pool.float(chosen), kind=args.align)
+    return aligned, alignment.to_dict()

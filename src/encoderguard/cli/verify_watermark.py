@@ -25,6 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--references", default=None,
                    help="reference-set folder that calibrates the test (default: the one registered with the owner "
                         "by 'references build'); without references the test cannot answer 'stolen'")
+    p.add_argument("--align", choices=("none", "auto", "orthogonal", "linear", "permutation"), default="none",
+                   help="map the suspect's (and every reference's) answers into the owner's space before the head "
+                        "reads them, fitted on --align-queries images of the owner's query split (default none)")
+    p.add_argument("--align-queries", type=positive_int, default=1000, help="alignment images (default 1000)")
     p.add_argument("--verify-key", default=None,
                    help="the owner's secret verification key (default: OWNER/watermark-verify-key.json)")
     p.add_argument("--seed", type=non_negative_int, default=None,
@@ -56,10 +60,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     key = VerifyKey.load(args.verify_key) if args.verify_key else None
     verifier = WatermarkVerifier(args.owner, max_queries=args.queries, alpha=alpha_of(args), seed=args.seed,
                                  references=refs.references() if refs is not None else (), key=key,
+                                 align=args.align, align_queries=args.align_queries,
                                  null_accuracy=args.null_accuracy, decoys=args.decoys, mirror=args.mirror,
                                  match_scale=not args.no_match_scale, data_dir=args.data_dir)
     api = suspect_api(args)
     result = verifier.verify(api).to_dict()
     result["suspect"] = args.suspect or args.suspect_api
     result["references"] = refs_note
+    result["alignment"] = result["details"]["alignment"]
     return result

@@ -43,7 +43,7 @@ def resolve_references(owner_dir: str | os.PathLike[str], references: str | os.P
 def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
                references: str | os.PathLike[str] | ReferenceSet | None = None, alpha: float = 0.01,
                di_config: str | os.PathLike[str] | None = None, watermark_queries: int = DEFAULT_WATERMARK_QUERIES,
-               data_dir: str | None = None) -> dict[str, Any]:
+               data_dir: str | None = None, align: str = "auto", align_queries: int = 1000) -> dict[str, Any]:
     """Run every applicable ownership test on ``suspect`` and combine them.
 
     Args:
@@ -55,10 +55,16 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
             one the test runs unfrozen, with a warning).
         watermark_queries: suspect queries of the watermark test.
         data_dir: folder of the named datasets.
+        align: alignment of the suspect's answers before the watermark head reads them (default ``"auto"``: a
+            rule fixed in advance, the map with the best held-out fit on the alignment images, the identity when it
+            fits as well; references are aligned the same way). Dataset inference reads the suspect's own answers
+            (its standardised geometry ignores permutations and per-dimension scales).
+        align_queries: alignment images from the owner's ``query`` split (counted in ``queries_used``).
 
     Returns:
         :meth:`Decision.to_dict` plus ``"references"`` (where the null came from and how many models),
-        ``"queries_used"`` and ``"warnings"``.
+        ``"alignment"`` (``{"kind", "queries", "fit_r2"}`` of the watermark test), ``"queries_used"`` and
+        ``"warnings"``.
 
     Raises:
         CheckpointError, DataError: unusable owner files; APIError: the suspect failed to answer.
@@ -82,7 +88,7 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
 
         try:
             verifier = WatermarkVerifier(owner_dir, references=ref_list, max_queries=watermark_queries, alpha=alpha,
-                                         data_dir=data_dir)
+                                         data_dir=data_dir, align=align, align_queries=align_queries)
             log("verify all: watermark test")
             verdict = verifier.verify(suspect)
         except (ValueError, CheckpointError) as exc:
@@ -120,6 +126,9 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
     out = decision.to_dict()
     out["references"] = {"source": refs_note, "count": len(ref_list),
                          "folder": None if refs is None else str(refs.folder)}
+    wm = next((m for m in methods if m.method == "watermark" and m.details), None)
+    out["alignment"] = ((wm.details.get("details") or {}).get("alignment") if wm is not None else None) or {
+        "kind": "none", "queries": 0, "fit_r2": None}
     out["queries_used"] = queries
     out["warnings"] = warnings
     return out

@@ -39,6 +39,7 @@ from encoderguard.models.card import ModelCard
 from encoderguard.models.checkpoint import Checkpoint, load_checkpoint
 from encoderguard.models.verify_key import VERIFY_KEY_FILE, VerifyKey
 from encoderguard.train.watermark_task import VerificationSeeds, verification_rotations
+from encoderguard.verify.alignment import ALIGNMENTS, fit_alignment
 from encoderguard.verify.stats import (
     binomial_confidence_interval,
     binomial_test_greater,
@@ -102,6 +103,13 @@ class WatermarkVerifier:
         data_dir: folder of the named datasets, to rebuild ``owner-heldout`` from the card's ``data``.
         images: verification images to use instead of the card's ``owner-heldout`` split; they must be images the
             watermark head was not trained on.
+        align: map every model's answers into the owner's space before the head reads them
+            (:mod:`encoderguard.verify.alignment`: ``"none"`` (default), ``"auto"``, ``"orthogonal"``, ``"linear"``,
+            ``"permutation"``), fitted per model on ``align_queries`` images of the owner's ``query`` split sent in
+            the same shuffled request; the references are aligned the same way. Undoes a thief's rotation,
+            permutation or rescaling of the copy's answers; needs the owner's encoder.
+        align_queries: alignment images per model (counted in ``queries_used``).
+        align_images: alignment images to use instead of the owner's ``query`` split.
 
     Raises:
         CheckpointError: the owner has no watermark head ("train the owner with --watermark"), or no key and no
@@ -123,7 +131,8 @@ class WatermarkVerifier:
                  max_queries: int = 1000, alpha: float = 0.01, seed: int | None = None, decoys: float = 0.0,
                  null_accuracy: float = 0.5, mirror: bool = False, match_scale: bool = True,
                  data_dir: str | None = None,
-                 images: ImageSet | None = None) -> None:
+                 images: ImageSet | None = None, align: str = "none", align_queries: int = 1000,
+                 align_images: ImageSet | None = None) -> None:
         if isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries < 2:
             raise ValueError(f"max_queries must be an integer >= 2, got {max_queries!r}")
         if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
@@ -134,6 +143,10 @@ class WatermarkVerifier:
             raise ValueError(f"null_accuracy must be in (0, 1), got {null_accuracy!r}")
         if not (isinstance(decoys, (int, float)) and 0 <= decoys < 1):
             raise ValueError(f"decoys must be a fraction in [0, 1), got {decoys!r}")
+        if align not in ALIGNMENTS:
+            raise ValueError(f"align must be one of {ALIGNMENTS}, got {align!r}")
+        if isinstance(align_queries, bool) or not isinstance(align_queries, int) or align_queries < 10:
+            raise ValueError(f"align_queries must be an integer >= 10, got {align_queries!r}")
         self.source = str(owner) if isinstance(owner, (str, os.PathLike)) else type(owner).__name__
         if key is None and seed is None and isinstance(owner, (str, os.PathLike)):
             key_path = Path(owner) / VERIFY_KEY_FILE
@@ -170,6 +183,12 @@ class WatermarkVerifier:
         self.match_scale = bool(match_scale)
         self.data_dir = data_dir
         self._images = images
+        self.align = align
+        self.align_queries = align_queries if align != "none" else 0
+        self._align_images = align_images
+        if align != "none" and self.owner_encoder is None:
+            raise ValueError("align needs the owner's encoder (its answers to the alignment images): pass the "
+                             "owner's checkpoint, not only its card")
         n_decoys = int(self.decoys * max_queries)
         self.n_decoys = n_decoys
         self.n_verify = (max_queries - n_decoys) // 2 * 2
@@ -223,29 +242,55 @@ class WatermarkVerifier:
                             f"{VERIFY_SPLIT}; pass verification images the watermark head never saw (images=)")
         return load_split(spec.with_split(VERIFY_SPLIT), data_dir=self.data_dir), f"{spec.dataset}:{VERIFY_SPLIT}"
 
+    def _alignment_pool(self) -> torch.Tensor:
+        """Images that fit the alignment maps: not secret (default: the owner's ``query`` split)."""
+        if self._align_images is not None:
+            pool = self._align_images
+        else:
+            if not self.card.data:
+                raise DataError(f"{self.source}: the card records no data split, so there is no query split to "
+                                "align with; pass align_images=")
+            pool = load_split(SplitSpec.from_dict(self.card.data).with_split("query"), data_dir=self.data_dir)
+        if pool.input_shape != tuple(self.card.input_shape):
+            raise DataError(f"alignment images are {pool.input_shape} but the owner takes {self.card.input_shape}")
+        a = min(self.align_queries, len(pool))
+        chosen = torch.randperm(len(pool), generator=torch.Generator().manual_seed(self.seeds.order + 1))[:a]
+        return pool.float(chosen)
+
     def _prepared(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         """The query batch (shuffled), its order, the labels and info; built once per verifier."""
         if not hasattr(self, "_batch_"):
             rotated, labels, decoys, info = self.verification_images()
-            batch = torch.cat([rotated, decoys]) if len(decoys) else rotated
+            aligners = self._alignment_pool() if self.align != "none" else rotated[:0]
+            parts = [rotated] + ([decoys] if len(decoys) else []) + ([aligners] if len(aligners) else [])
+            batch = torch.cat(parts)
             order = torch.randperm(len(batch), generator=torch.Generator().manual_seed(self.seeds.order))
             owner_z = self._owner_embeddings(rotated)
             owner_norm = (float(owner_z.norm(dim=1).mean()) if owner_z is not None
                           else _positive((self.card.watermark or {}).get("embed_norm")))
-            info = {**info, "owner_z": owner_z, "owner_norm": owner_norm}
+            owner_align = self._owner_embeddings(aligners) if len(aligners) else None
+            info = {**info, "owner_z": owner_z, "owner_norm": owner_norm, "n_align": len(aligners),
+                    "owner_align": owner_align}
             self._batch_ = (batch[order], order, labels, info)
         return self._batch_
 
     def _read(self, api: EmbeddingAPI, who: str) -> dict[str, Any]:
-        """Query ``api`` with the verification batch and read its answers with the head."""
+        """Query ``api`` with the verification batch, align its answers if asked, and read them with the head."""
         batch, order, labels, info = self._prepared()
         n = len(labels)
         before = int(api.queries_used)
-        answers = _check_answers(api.embed(batch), len(batch), self.card.embed_dim, who)
+        dim = self.card.embed_dim if self.align in ("none", "orthogonal") else int(api.dim)
+        answers = _check_answers(api.embed(batch), len(batch), dim, who)
         queries = int(api.queries_used) - before
         unshuffled = torch.empty_like(answers)
         unshuffled[order] = answers
         z = unshuffled[:n]
+        alignment = None
+        if self.align != "none":
+            a = info["n_align"]
+            alignment = fit_alignment(unshuffled[len(batch) - a:].numpy(), info["owner_align"].numpy(),
+                                      kind=self.align, queries=a)
+            z = torch.from_numpy(alignment.apply(z.numpy())).float()
         norm = float(z.norm(dim=1).mean())
         scale = 1.0
         if self.match_scale and info["owner_norm"] is not None and norm > 0:
@@ -253,7 +298,8 @@ class WatermarkVerifier:
         pred = self._predict(z * scale)
         hits = pred == labels
         return {"correct": int(hits.sum()), "n": n, "hits": hits, "pred": pred, "scale": scale, "norm": norm,
-                "queries": queries, "accuracy_unscaled": int((self._predict(z) == labels).sum()) / n}
+                "queries": queries, "accuracy_unscaled": int((self._predict(z) == labels).sum()) / n,
+                "alignment": None if alignment is None else alignment.to_dict()}
 
     def reference_scores(self) -> tuple[dict[str, float], dict[str, str]]:
         """Accuracy of the owner's head on each usable reference model (computed once per verifier).
@@ -265,7 +311,7 @@ class WatermarkVerifier:
             scores: dict[str, float] = {}
             skipped: dict[str, str] = {}
             for ref in self.references:
-                reason = _incompatible(ref.api, self.card)
+                reason = _incompatible(ref.api, self.card, align=self.align)
                 if reason:
                     skipped[ref.name] = reason
                     continue
@@ -313,7 +359,7 @@ class WatermarkVerifier:
             ValueError: the suspect's input shape or representation size differs from the owner's.
             APIError: the suspect answered the wrong number of rows, another size, or NaN/inf values.
         """
-        reason = _incompatible(suspect_api, self.card)
+        reason = _incompatible(suspect_api, self.card, align=self.align)
         if reason:
             raise ValueError(f"{reason}: the watermark head needs the owner's input format and representation size; "
                              "dataset inference (verify di) works at any size")
@@ -384,6 +430,7 @@ class WatermarkVerifier:
             "owner_heldout_acc_card": (self.card.watermark or {}).get("heldout_acc"),
             "scale": read["scale"], "match_scale": self.match_scale, "accuracy_unscaled": read["accuracy_unscaled"],
             "suspect_mean_norm": read["norm"], "owner_mean_norm": info["owner_norm"],
+            "alignment": read["alignment"] or {"kind": "none", "queries": 0, "fit_r2": None},
         }
         reasons = [w for w in warnings if "cannot detect a copy" in w or w.startswith("no calibrated null")]
         details["reason"] = reasons[-1] if verdict == "inconclusive" and reasons else None
@@ -420,11 +467,13 @@ class WatermarkVerifier:
         return None, ""
 
 
-def _incompatible(api: EmbeddingAPI, card: ModelCard) -> str:
-    """Why the owner's head cannot read ``api``'s answers ('' when it can)."""
+def _incompatible(api: EmbeddingAPI, card: ModelCard, *, align: str = "none") -> str:
+    """Why the owner's head cannot read ``api``'s answers, after an ``align`` map ('' when it can)."""
     shape = tuple(int(v) for v in api.input_shape)
     if shape != tuple(card.input_shape):
         return f"it takes images of shape {shape}, the owner's watermark inputs are {tuple(card.input_shape)}"
+    if align in ("auto", "linear") or (align == "permutation" and int(api.dim) >= card.embed_dim):
+        return ""
     if int(api.dim) != card.embed_dim:
         return f"it answers {api.dim}-d representations, the owner's watermark head reads {card.embed_dim}-d ones"
     return ""
