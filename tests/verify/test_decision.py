@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -154,3 +155,28 @@ def test_bad_alpha(kwargs, match):
 def test_repeated_method_names_are_refused():
     with pytest.raises(ValueError, match="method names must differ"):
         combine([_method("di", 0.1), _method("di", 0.2)], alpha=ALPHA)
+
+
+def test_a_method_that_misses_the_owners_copy_leaves_the_family():
+    wm = MethodResult(method="watermark", verdict="independent", p_value=0.4, calibrated=True, can_detect=True,
+                      sees_copies=False, reason="does not detect a copy the owner stole from its own model")
+    di = MethodResult(method="di", verdict="stolen", p_value=0.006, calibrated=True, can_detect=True,
+                      sees_copies=True)
+    assert combine([replace(wm, sees_copies=None), replace(di, sees_copies=None)], alpha=ALPHA).verdict != "stolen"
+    decision = combine([wm, di], alpha=ALPHA)  # Holm over {di} alone: 0.006 < 0.01
+    assert decision.verdict == "stolen" and decision.combined_p == pytest.approx(0.006)
+    rows = {row["method"]: row for row in decision.to_dict()["methods"]}
+    assert rows["watermark"]["in_family"] is False and rows["di"]["in_family"] is True
+    assert decision.to_dict()["family"] == ["di"]
+
+
+def test_when_no_method_sees_the_owners_copy_no_evidence_is_inconclusive():
+    wm = MethodResult(method="watermark", verdict="independent", p_value=0.4, calibrated=True, can_detect=True,
+                      sees_copies=False, reason="watermark missed the copy")
+    di = MethodResult(method="di", verdict="independent", p_value=0.3, calibrated=True, can_detect=True,
+                      sees_copies=False, reason="di missed the copy")
+    decision = combine([wm, di], alpha=ALPHA)
+    assert decision.verdict == "inconclusive" and "no test detects a copy" in decision.reason
+    assert set(decision.to_dict()["family"]) == {"watermark", "di"}  # both stay in: strong evidence still counts
+    strong = combine([wm, replace(di, p_value=0.001, verdict="stolen")], alpha=ALPHA)
+    assert strong.verdict == "stolen" and strong.combined_p == pytest.approx(0.002)

@@ -201,3 +201,24 @@ def test_verify_di_align_flag_counts_the_alignment_queries(owner, capsys):
     assert code == 0, err
     assert result["alignment"]["kind"] == "none" and result["alignment"]["queries"] == 200
     assert result["alignment"]["fit_r2"] > 0.99 and result["queries_used"] == 100 + 200
+
+
+def test_the_owners_copy_check_narrows_the_family(owner, refs_dir, tmp_path, capsys):
+    # a "copy" that no test detects (an unrelated encoder): every test misses it, so no evidence cannot mean
+    # "independent"; the owner itself as the copy: every test that detects the owner stays in the family
+    blind = _suspect(tmp_path / "blind-copy", seed=33)
+    unrelated = _suspect(tmp_path / "unrelated", seed=34)
+    code, result, err = _run(capsys, "verify", "all", "--owner", str(owner), "--suspect", str(unrelated),
+                             "--references", str(refs_dir), "--watermark-queries", "300", "--copy-check", str(blind),
+                             "--json")
+    assert code == 0, err
+    assert result["copy_check"]["copy"] == str(blind)
+    assert not any(m["detected"] for m in result["copy_check"]["methods"].values())
+    assert result["verdict"] == "inconclusive" and "no test detects a copy" in result["reason"]
+    assert all(row["sees_copies"] is False for row in result["methods"] if row["can_detect"] and row["calibrated"])
+    code, result, err = _run(capsys, "verify", "all", "--owner", str(owner), "--suspect", str(owner),
+                             "--references", str(refs_dir), "--watermark-queries", "300", "--copy-check",
+                             str(owner), "--json")
+    assert code == 0, err
+    assert result["verdict"] == "stolen" and result["copy_check"]["methods"]["watermark"]["detected"] is True
+    assert _methods(result)["watermark"]["sees_copies"] is True and "watermark" in result["family"]

@@ -23,6 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the references are aligned the same way)")
     p.add_argument("--align-queries", type=positive_int, default=1000,
                    help="alignment images from the owner's query split (default 1000)")
+    p.add_argument("--copy-check", default=None,
+                   help="a copy the owner stole from its own model (checkpoint directory; default OWNER/copy-check "
+                        "if present, e.g. from 'encoderguard steal --victim OWNER ... --out OWNER/copy-check'): a "
+                        "test that does not detect it leaves the decision's family")
     add_data_dir(p)
 
 
@@ -32,7 +36,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     result = verify_all(args.owner, suspect_api(args), references=args.references, alpha=alpha_of(args),
                         di_config=args.di_config, watermark_queries=args.watermark_queries, data_dir=args.data_dir,
-                        align=args.align, align_queries=args.align_queries)
+                        align=args.align, align_queries=args.align_queries, copy_check=args.copy_check)
     result["suspect"] = args.suspect or args.suspect_api
     return result
 

@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--copy-budget", type=positive_int, default=2000,
                    help="query images of the simulated copy (default 2000, from the owner's query split)")
     p.add_argument("--copy-epochs", type=positive_int, default=60, help="training epochs of the simulated copy")
+    p.add_argument("--copy-out", default=None,
+                   help="with --copy-check: save the simulated copy as a checkpoint here (e.g. OWNER/copy-check, "
+                        "where 'verify all' finds it and checks every test on it)")
     p.add_argument("--align", choices=("none", "auto", "orthogonal", "linear", "permutation"), default="none",
                    help="map the suspect's answers into the owner's space first, fitted on --align-queries images of "
                         "the owner's query split (default none: the standardised geometry already ignores "
@@ -93,8 +96,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             settings["alpha"] = args.alpha
         if args.null_encoders is not None:
             settings["null_encoders"] = args.null_encoders
-        frozen = freeze_di(args.owner, budget=args.budget, data_dir=args.data_dir, progress=True, **copy, **settings)
+        if args.copy_out and not args.copy_check:
+            raise ValueError("--copy-out saves the copy of --copy-check: give --copy-check too")
+        frozen = freeze_di(args.owner, budget=args.budget, data_dir=args.data_dir, progress=True,
+                           copy_out=args.copy_out, **copy, **settings)
         result = frozen.summary()
+        if args.copy_out:
+            result["copy_out"] = str(args.copy_out)
         if args.save_config:
             frozen.save(args.save_config)
             result["config"] = str(args.save_config)

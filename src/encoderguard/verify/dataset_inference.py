@@ -665,6 +665,7 @@ class DatasetInference:
                                     epochs=epochs, seed=seed, progress=progress, **attack_kwargs)
             stolen = attack.extract(query_data)
         copy = stolen.encoder.eval()
+        self.copy_encoder_ = copy  # kept so that the owner can save it and check other tests on it
         members, nonmembers, _ = self.query(copy)
         result = self.test_answers(members, nonmembers)
         detected = bool(result.p_value < self.alpha)

@@ -33,6 +33,7 @@ class MethodResult:
         can_detect: the owner-side check says it could detect a copy (owner's own model detected).
         reason: why it is inconclusive or not applicable (``None`` otherwise).
         details: the method's full result.
+        sees_copies: whether it detected a copy the owner stole from its own model (``None``: not checked).
     """
 
     method: str
@@ -42,10 +43,11 @@ class MethodResult:
     can_detect: bool
     reason: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    sees_copies: bool | None = None
 
     @property
     def in_family(self) -> bool:
-        """Whether the method's p-value takes part in the decision."""
+        """Whether the method's p-value can take part in the decision (before the copy check narrows the family)."""
         return (self.verdict != NOT_APPLICABLE and self.calibrated and self.can_detect and self.p_value is not None
                 and math.isfinite(self.p_value))
 
@@ -87,12 +89,14 @@ class Decision:
         rows = []
         for m in self.methods:
             row = {"method": m.method, "verdict": m.verdict, "p_value": m.p_value, "calibrated": m.calibrated,
-                   "can_detect": m.can_detect, "in_family": m.in_family, "holm_p": self.holm.get(m.method),
-                   "reason": m.reason}
+                   "can_detect": m.can_detect, "sees_copies": m.sees_copies, "in_family": m.method in self.holm,
+                   "holm_p": self.holm.get(m.method), "reason": m.reason}
             rows.append({**row, **{k: v for k, v in m.details.items() if k not in row}})
         return {"verdict": self.verdict, "alpha": self.alpha, "combined_p": self.combined_p,
-                "rule": "holm-bonferroni over the calibrated methods that detect the owner's own model",
-                "family": [m.method for m in self.methods if m.in_family], "reason": self.reason, "methods": rows}
+                "rule": "holm-bonferroni over the calibrated methods that detect the owner's own model (and its own "
+                        "copy, when the owner made one)",
+                "family": [m.method for m in self.methods if m.method in self.holm], "reason": self.reason,
+                "methods": rows}
 
 
 def combine(methods: Sequence[MethodResult], *, alpha: float = 0.01) -> Decision:
@@ -110,7 +114,12 @@ def combine(methods: Sequence[MethodResult], *, alpha: float = 0.01) -> Decision
     names = [m.method for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"method names must differ, got {names}")
-    family = [m for m in methods if m.in_family]
+    usable = [m for m in methods if m.in_family]
+    # A method that missed the owner's own copy cannot see copies of this model: the family is the methods that
+    # can, unless none can (then every usable method stays in, and "no evidence" cannot mean "independent").
+    seeing = [m for m in usable if m.sees_copies is not False]
+    family = seeing or usable
+    copies_unseen = bool(usable) and not seeing
     holm: dict[str, float] = {}
     if family:
         adjusted = holm_adjust([float(m.p_value) for m in family])  # type: ignore[arg-type]
@@ -123,6 +132,10 @@ def combine(methods: Sequence[MethodResult], *, alpha: float = 0.01) -> Decision
         verdict = "inconclusive"
         why = [f"{m.method}: {m.reason or _excluded(m)}" for m in methods]
         reason = "no calibrated test that detects the owner's own model could run (" + "; ".join(why) + ")"
+    elif copies_unseen:
+        verdict = "inconclusive"
+        reason = ("no test detects a copy the owner stole from its own model, so finding no evidence says nothing ("
+                  + "; ".join(f"{m.method}: {m.reason}" for m in family if m.reason) + ")")
     elif any(m.verdict in ("independent", "stolen") for m in family):
         # At least one test that detects the owner's own model ran and the family did not reject. A method that is
         # significant on its own but not after the Holm adjustment is weak evidence, and is said so.

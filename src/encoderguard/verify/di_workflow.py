@@ -62,7 +62,8 @@ def resolve_settings(n_train: int, n_heldout: int | None = None, *, budget: int 
 def freeze_di(owner_checkpoint: Any, *, null_encoders: int = DEFAULT_NULL_ENCODERS, self_check_seed: int | None = None,
               budget: int | None = None, budgets: Sequence[int] | None = None, repeats: int = 3,
               copy_check: bool = False, copy_loss: str = "infonce", copy_budget: int = 2000, copy_epochs: int = 60,
-              data_dir: str | None = None, progress: bool = False, **settings: Any) -> FrozenDIConfig:
+              copy_out: str | os.PathLike[str] | None = None, data_dir: str | None = None, progress: bool = False,
+              **settings: Any) -> FrozenDIConfig:
     """Freeze a dataset-inference test for an owner: settings, null encoders, self-check and copy check.
 
     The self-check (and the copy check) run on the draw of images ``self_check_seed``, not on the draw suspects
@@ -102,6 +103,17 @@ def freeze_di(owner_checkpoint: Any, *, null_encoders: int = DEFAULT_NULL_ENCODE
     check = di.self_check(owner.encoder, budgets=budgets, repeats=repeats)
     copy = _copy_check(di, owner, data_dir=data_dir, loss=copy_loss, budget=copy_budget, epochs=copy_epochs,
                        progress=progress) if copy_check else None
+    if copy is not None and copy_out is not None:
+        # the simulated copy as a checkpoint: `verify all` tests every method on it (OWNER/copy-check by default)
+        from encoderguard.models.card import ModelCard
+        from encoderguard.models.checkpoint import save_checkpoint
+
+        encoder = di.copy_encoder_
+        card = ModelCard(arch=encoder.arch, arch_kwargs={}, input_shape=encoder.input_shape,
+                         embed_dim=encoder.embed_dim,
+                         training={"method": "steal", "loss": copy_loss, "budget": copy.budget,
+                                   "epochs": copy_epochs, "note": "the owner's copy of its own model (copy check)"})
+        save_checkpoint(copy_out, encoder=encoder, card=card)
     return FrozenDIConfig(settings=resolved, null_encoders=null_encoders, self_check_seed=check_seed,
                           self_check=check.to_dict(), copy_check=None if copy is None else copy.to_dict(),
                           owner_weights_sha256=getattr(owner.card, "weights_sha256", None), owner_result=check.owner)
@@ -143,6 +155,48 @@ def verify_di(owner_checkpoint: Any, suspect_api: Any, *, config: FrozenDIConfig
         DataError: the owner's card records no usable split.
         APIError: unusable suspect answers.
     """
+    test = prepare_di(owner_checkpoint, config=config, alpha=alpha, null_encoders=null_encoders, budget=budget,
+                      copy_check=copy_check, copy_loss=copy_loss, copy_budget=copy_budget, copy_epochs=copy_epochs,
+                      data_dir=data_dir, progress=progress, **settings)
+    return test.verify(suspect_api)
+
+
+class PreparedDI:
+    """A dataset-inference test fitted once for an owner, ready to verify any number of suspects.
+
+    Built by :func:`prepare_di` (same arguments as :func:`verify_di`); :meth:`verify` gives what
+    :func:`verify_di` gives for one suspect, without fitting the test (null encoders, self-check) again.
+    """
+
+    def __init__(self, di: DatasetInference, config: FrozenDIConfig | None, warnings: list[str]) -> None:
+        self.di = di
+        self.config = config
+        self.warnings = list(warnings)
+
+    def verify(self, suspect_api: Any) -> Verdict:
+        di, config = self.di, self.config
+        verdict = di.verify(suspect_api)
+        details = dict(verdict.details)
+        if config is not None:
+            details["frozen_digest"] = config.digest
+            details["null_encoders"] = config.null_encoders
+            details["self_check_seed"] = config.self_check_seed
+        results = {"owner": di.self_check_.owner} if di.self_check_ is not None else {}
+        if getattr(di, "last_result_", None) is not None:
+            results["suspect"] = di.last_result_
+        results = {k: r for k, r in results.items() if r.member_scores.size and r.nonmember_scores.size}
+        if results:
+            from encoderguard.verify.di_plot import score_distributions
+
+            details["scores"] = score_distributions(results)
+        return replace(verdict, warnings=tuple(self.warnings) + verdict.warnings, details=details)
+
+
+def prepare_di(owner_checkpoint: Any, *, config: FrozenDIConfig | None = None, alpha: float | None = None,
+               null_encoders: int | None = None, budget: int | None = None, copy_check: bool = False,
+               copy_loss: str = "infonce", copy_budget: int = 2000, copy_epochs: int = 60,
+               data_dir: str | None = None, progress: bool = False, **settings: Any) -> PreparedDI:
+    """Fit the test :func:`verify_di` runs (arguments and errors as there) once, for several suspects."""
     owner = _checkpoint(owner_checkpoint)
     warnings: list[str] = []
     if config is not None:
@@ -158,8 +212,9 @@ def verify_di(owner_checkpoint: Any, suspect_api: Any, *, config: FrozenDIConfig
                              "does not describe this model")
         train, heldout = owner_data(owner.card, data_dir=data_dir)
         di = config.suspect_test().fit(members=train, nonmembers=heldout,
-                               null_models=make_null_encoders(owner.encoder, config.null_encoders),
-                               self_check=config.self_check_result(), copy_check=config.copy_check_result())
+                                       null_models=make_null_encoders(owner.encoder, config.null_encoders),
+                                       self_check=config.self_check_result(),
+                                       copy_check=config.copy_check_result())
     else:
         train, heldout = owner_data(owner.card, data_dir=data_dir)
         resolved = resolve_settings(len(train), len(heldout), budget=budget,
@@ -171,21 +226,7 @@ def verify_di(owner_checkpoint: Any, suspect_api: Any, *, config: FrozenDIConfig
             _copy_check(di, owner, data_dir=data_dir, loss=copy_loss, budget=copy_budget, epochs=copy_epochs,
                         progress=progress)
         warnings.append(NOT_FROZEN_WARNING)
-    verdict = di.verify(suspect_api)
-    details = dict(verdict.details)
-    if config is not None:
-        details["frozen_digest"] = config.digest
-        details["null_encoders"] = config.null_encoders
-        details["self_check_seed"] = config.self_check_seed
-    results = {"owner": di.self_check_.owner} if di.self_check_ is not None else {}
-    if getattr(di, "last_result_", None) is not None:
-        results["suspect"] = di.last_result_
-    results = {k: r for k, r in results.items() if r.member_scores.size and r.nonmember_scores.size}
-    if results:
-        from encoderguard.verify.di_plot import score_distributions
-
-        details["scores"] = score_distributions(results)
-    return replace(verdict, warnings=tuple(warnings) + verdict.warnings, details=details)
+    return PreparedDI(di, config, warnings)
 
 
 def _checkpoint(owner: Any) -> Any:

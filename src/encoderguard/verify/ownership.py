@@ -11,6 +11,7 @@ alpha.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from encoderguard.verify.decision import Decision, MethodResult, combine
 from encoderguard.verify.references import ReferenceSet, owner_reference_dir
 
 DI_CONFIG_FILE = "di-config.json"
+COPY_CHECK_DIR = "copy-check"
 DEFAULT_WATERMARK_QUERIES = 2000
 
 
@@ -43,7 +45,8 @@ def resolve_references(owner_dir: str | os.PathLike[str], references: str | os.P
 def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
                references: str | os.PathLike[str] | ReferenceSet | None = None, alpha: float = 0.01,
                di_config: str | os.PathLike[str] | None = None, watermark_queries: int = DEFAULT_WATERMARK_QUERIES,
-               data_dir: str | None = None, align: str = "auto", align_queries: int = 1000) -> dict[str, Any]:
+               data_dir: str | None = None, align: str = "auto", align_queries: int = 1000,
+               copy_check: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Run every applicable ownership test on ``suspect`` and combine them.
 
     Args:
@@ -60,11 +63,17 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
             fits as well; references are aligned the same way). Dataset inference reads the suspect's own answers
             (its standardised geometry ignores permutations and per-dimension scales).
         align_queries: alignment images from the owner's ``query`` split (counted in ``queries_used``).
+        copy_check: a copy the owner stole from its own model (a checkpoint directory, e.g. made with
+            ``encoderguard steal --victim OWNER_DIR ... --out OWNER_DIR/copy-check``; default
+            ``OWNER_DIR/copy-check`` if present). Every method first tests it, owner-side; a method that does not
+            detect it (``sees_copies`` false, with the reason) leaves the family while another method does, so that
+            it costs the others no power; when no method detects it, all stay in and no evidence gives
+            "inconclusive", never "independent".
 
     Returns:
         :meth:`Decision.to_dict` plus ``"references"`` (where the null came from and how many models),
-        ``"alignment"`` (``{"kind", "queries", "fit_r2"}`` of the watermark test), ``"queries_used"`` and
-        ``"warnings"``.
+        ``"alignment"`` (``{"kind", "queries", "fit_r2"}`` of the watermark test), ``"queries_used"``,
+        ``"copy_check"`` (each method's p-value on the owner's own copy, or ``None``) and ``"warnings"``.
 
     Raises:
         CheckpointError, DataError: unusable owner files; APIError: the suspect failed to answer.
@@ -77,50 +86,82 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
     ref_list = refs.references() if refs is not None else []
     if refs is not None:
         warnings += refs.check_owner(owner.card)
-    methods: list[MethodResult] = []
-    queries = 0
+    data = owner.card.data or {}
+    config = None
+    if data and data.get("split", "owner-train") == "owner-train":
+        from encoderguard.verify.di_config import FrozenDIConfig
 
+        config_path = Path(di_config) if di_config is not None else Path(owner_dir) / DI_CONFIG_FILE
+        config = FrozenDIConfig.load(config_path) if (di_config is not None or config_path.is_file()) else None
+    prepared_di: Any = None
+    di_error = ""
+    if data and data.get("split", "owner-train") == "owner-train":
+        from encoderguard.verify.di_workflow import prepare_di
+
+        try:
+            prepared_di = prepare_di(owner, config=config, alpha=None if config is not None else alpha,
+                                     data_dir=data_dir)
+        except DataError as exc:
+            di_error = str(exc)
+    else:
+        di_error = "dataset inference needs the owner's training data: the owner's card records no owner-train split"
+    verifier: Any = None
+    verifier_error = ""
     if owner.watermark_head is None or not owner.card.watermark:
-        methods.append(MethodResult.not_applicable("watermark", "the owner's model carries no training-time "
-                                                   "watermark (train it with --watermark)"))
+        verifier_error = "the owner's model carries no training-time watermark (train it with --watermark)"
     else:
         from encoderguard.verify.watermark import WatermarkVerifier
 
         try:
             verifier = WatermarkVerifier(owner_dir, references=ref_list, max_queries=watermark_queries, alpha=alpha,
                                          data_dir=data_dir, align=align, align_queries=align_queries)
-            log("verify all: watermark test")
-            verdict = verifier.verify(suspect)
-        except (ValueError, CheckpointError) as exc:
-            # the suspect's format does not fit the head (another size or input shape), or the owner's secret
-            # verification key is missing: the other tests still run
-            methods.append(MethodResult.not_applicable("watermark", str(exc)))
-        else:
-            queries += verdict.queries_used
-            methods.append(MethodResult.from_verdict(verdict))
+        except (ValueError, CheckpointError) as exc:  # e.g. the owner's secret verification key is missing
+            verifier_error = str(exc)
 
-    data = owner.card.data or {}
-    if not data or data.get("split", "owner-train") != "owner-train":
-        methods.append(MethodResult.not_applicable("di", "dataset inference needs the owner's training data: the "
-                                                   "owner's card records no owner-train split"))
-    else:
-        from encoderguard.verify.di_config import FrozenDIConfig
-        from encoderguard.verify.di_workflow import verify_di
-
-        config_path = Path(di_config) if di_config is not None else Path(owner_dir) / DI_CONFIG_FILE
-        config = FrozenDIConfig.load(config_path) if (di_config is not None or config_path.is_file()) else None
-        try:
-            log("verify all: dataset inference")
-            verdict = verify_di(owner, suspect, config=config, alpha=None if config is not None else alpha,
-                                data_dir=data_dir)
-        except DataError as exc:
-            methods.append(MethodResult.not_applicable("di", str(exc)))
+    def run_methods(api: EmbeddingAPI, who: str) -> list[MethodResult]:
+        results: list[MethodResult] = []
+        if verifier is None:
+            results.append(MethodResult.not_applicable("watermark", verifier_error))
         else:
-            if config is not None and verdict.alpha != alpha:
-                warnings.append(f"dataset inference ran at its frozen alpha {verdict.alpha}; the decision uses "
-                                f"alpha {alpha}")
-            queries += verdict.queries_used
-            methods.append(MethodResult.from_verdict(verdict))
+            try:
+                log(f"verify all: watermark test on {who}")
+                results.append(MethodResult.from_verdict(verifier.verify(api)))
+            except ValueError as exc:  # the suspect's format does not fit the head: the other tests still run
+                results.append(MethodResult.not_applicable("watermark", str(exc)))
+        if prepared_di is None:
+            results.append(MethodResult.not_applicable("di", di_error))
+        else:
+            log(f"verify all: dataset inference on {who}")
+            results.append(MethodResult.from_verdict(prepared_di.verify(api)))
+        return results
+
+    gates: dict[str, str] = {}
+    copy_dir = Path(copy_check) if copy_check is not None else Path(owner_dir) / COPY_CHECK_DIR
+    copy_info: dict[str, Any] | None = None
+    if copy_check is not None or (copy_dir / "card.json").is_file():
+        from encoderguard.api import LocalAPI
+        from encoderguard.models.checkpoint import load_encoder
+
+        # The owner's own copy, stolen the way a thief would: a test that misses it cannot see copies of this model,
+        # so it leaves the family while another test can (decided on the owner's side, before the suspect is seen).
+        copy_results = run_methods(LocalAPI(load_encoder(copy_dir), key="owner-copy"), "the owner's own copy")
+        copy_info = {"copy": str(copy_dir), "methods": {}}
+        for m in copy_results:
+            detected = m.in_family and m.p_value is not None and m.p_value < alpha
+            copy_info["methods"][m.method] = {"p_value": m.p_value, "detected": detected}
+            if m.in_family and not detected:
+                gates[m.method] = (f"does not detect a copy the owner stole from its own model ({copy_dir}: p = "
+                                   f"{m.p_value:.3g} >= alpha = {alpha})")
+    methods = run_methods(suspect, "the suspect")
+    if copy_info is not None:
+        methods = [replace(m, sees_copies=m.method not in gates, reason=gates.get(m.method, m.reason))
+                   if m.in_family else m for m in methods]
+    queries = sum(int((m.details or {}).get("queries_used") or 0) for m in methods)
+    for m in methods:
+        frozen_alpha = (m.details or {}).get("alpha")
+        if m.method == "di" and config is not None and frozen_alpha not in (None, alpha):
+            warnings.append(f"dataset inference ran at its frozen alpha {frozen_alpha}; the decision uses alpha "
+                            f"{alpha}")
 
     decision: Decision = combine(methods, alpha=alpha)
     out = decision.to_dict()
@@ -130,5 +171,6 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
     out["alignment"] = ((wm.details.get("details") or {}).get("alignment") if wm is not None else None) or {
         "kind": "none", "queries": 0, "fit_r2": None}
     out["queries_used"] = queries
+    out["copy_check"] = copy_info
     out["warnings"] = warnings
     return out

@@ -343,7 +343,8 @@ class WatermarkVerifier:
 
         Args:
             suspect_api: the suspect as an :class:`~encoderguard.api.EmbeddingAPI`; it receives the rotated
-                images (and any decoys) in one shuffled request, at most ``max_queries`` images in all.
+                images (and any decoys) in one shuffled request, at most ``max_queries`` images, plus at most
+                ``align_queries`` alignment images when ``align`` is on.
 
         Returns:
             A :class:`Verdict` with ``method="watermark"``, ``statistic`` = accuracy of the owner's head on the
@@ -356,7 +357,8 @@ class WatermarkVerifier:
             references (the test could not detect a copy).
 
         Raises:
-            ValueError: the suspect's input shape or representation size differs from the owner's.
+            ValueError: the suspect's input shape differs from the owner's, or its representation size does (and
+                ``align`` cannot map it).
             APIError: the suspect answered the wrong number of rows, another size, or NaN/inf values.
         """
         reason = _incompatible(suspect_api, self.card, align=self.align)
