@@ -8,12 +8,12 @@ import shutil
 
 import pytest
 
-from encoderguard.experiments.demo import DemoSettings, StageError, run_demo, summary_table
+from encoderguard.experiments.demo import DemoSettings, StageError, _card_mismatch, run_demo, summary_table
 
 pytestmark = pytest.mark.slow
 
 TINY = DemoSettings(dataset="digits", victim_epochs=2, independent_epochs=1, budget=100, steal_epochs=1,
-                    watermark_queries=60, copy_check_epochs=1, seed=3)
+                    watermark_queries=60, copy_check_epochs=1, references=3, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +30,42 @@ def test_summary_follows_the_command_contract(demo_run):
     pairs = {(v["suspect"], v["method"]) for v in summary["verdicts"]}
     assert pairs == {(s, m) for s in ("victim", "stolen", "independent") for m in ("di", "watermark")}
     for v in summary["verdicts"]:
-        assert v["verdict"] in ("stolen", "independent", "inconclusive") and 0 <= v["p_value"] <= 1
+        assert v["verdict"] in ("stolen", "independent", "inconclusive", "not applicable")
+        if v["verdict"] == "not applicable":
+            assert v["reason"]
+        else:
+            assert 0 <= v["p_value"] <= 1 and isinstance(v["calibrated"], bool)
         if v["verdict"] == "inconclusive":
-            assert v["details"].get("reason") or v["warnings"]
+            assert v["reason"] or v["warnings"]
     assert summary["stolen"]["queries_paid"] == 100 and summary["stolen"]["ledger_queries"] == 100
     assert summary["server"]["exit_code"] is not None  # the server was stopped
-    assert [s["stage"][:3] for s in summary["stages"]] == [f"{i}/6" for i in range(1, 7)]
-    assert summary["wrong_verdicts"] == [v for v in summary["verdicts"]
-                                         if v["verdict"] not in (summary["expected"][v["suspect"]], "inconclusive")]
-    assert json.loads((out / "di_config.json").read_text())["copy_check"]["epochs"] == 1
+    assert [s["stage"][:3] for s in summary["stages"]] == [f"{i}/7" for i in range(1, 8)]
+    assert json.loads((out / "di-config.json").read_text())["copy_check"]["epochs"] == 1
+    assert (out / "victim" / "copy-check" / "card.json").is_file()  # the owner's own copy, checked by verify all
+    assert all(isinstance(v["sees_copies"], bool) for v in summary["verdicts"] if v.get("in_family"))
+    assert summary["references"]["count"] == 3 and (out / "victim" / "references.json").is_file()
+    # one decision per suspect, and the demo's success means: victim and copy "stolen", independent not
+    combined = {c["suspect"]: c for c in summary["combined"]}
+    assert set(combined) == {"victim", "stolen", "independent"}
+    for c in combined.values():
+        assert c["verdict"] in ("stolen", "independent", "inconclusive")
+        assert c["combined_p"] is None or 0 <= c["combined_p"] <= 1
+        assert (c["verdict"] == "stolen") == (c["combined_p"] is not None and c["combined_p"] < 0.01)
+    assert summary["wrong_decisions"] == [c for c in summary["combined"] if
+                                          (c["verdict"] != "stolen") == (c["suspect"] != "independent")]
+    assert summary["all_decisions_right"] == (not summary["wrong_decisions"])
     table = summary_table(summary)
-    assert all(name in table for name in ("victim", "stolen", "independent"))
+    assert all(name in table for name in ("victim", "stolen", "independent")) and "decision" in table
+
+
+def test_a_model_with_other_settings_is_not_reused():
+    card = {"training": {"preset": "cpu-di", "epochs": 40, "seed": 0}, "watermark": {"heldout_acc": 0.9},
+            "data": {"split": "owner-train", "dataset": "fashion-mnist"}}
+    asked = {"preset": "cpu-di", "epochs": 240, "seed": 0, "split": "owner-train", "watermark": True,
+             "dataset": "fashion-mnist"}
+    assert _card_mismatch(card, asked) == ["epochs 40 (asked 240)"]  # a --quick model under full settings
+    assert _card_mismatch(card, {**asked, "epochs": 40}) == []
+    assert "watermark True (asked False)" in _card_mismatch(card, {**asked, "epochs": 40, "watermark": False})
 
 
 def test_report_is_self_contained(demo_run):

@@ -17,6 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--quick", action="store_true", help="a smaller, faster smoke run (verdicts may be inconclusive)")
     p.add_argument("--loss", default=None, help="the attacker's loss (default infonce)")
     p.add_argument("--budget", type=int, default=None, help="attacker queries (default max(train size / 5, 2000))")
+    p.add_argument("--references", type=int, default=None,
+                   help="reference models the owner trains to calibrate the tests (default 10, quick 4; >= 3)")
     add_data_dir(p)
     add_common(p)
     p.set_defaults(handler=sys.modules[__name__])
@@ -34,8 +36,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.budget < 1:
             raise ValueError(f"--budget must be >= 1, got {args.budget}")
         settings = replace(settings, budget=args.budget)
+    if args.references is not None:
+        settings = replace(settings, references=args.references)
     summary = run_demo(args.out, settings=settings, data_dir=args.data_dir)
-    summary["_exit_code"] = 1 if summary.get("wrong_verdicts") else 0
+    # Non-zero unless the owner would act rightly: victim and copy "stolen", the independent model not.
+    summary["_exit_code"] = 1 if summary.get("wrong_decisions") else 0
     return summary
 
 
@@ -43,17 +48,16 @@ def render(result: dict[str, Any]) -> str:
     from encoderguard.experiments.demo import summary_table
 
     lines = [summary_table(result), ""]
-    if result.get("all_verdicts_right"):
-        lines.append("every verdict right (victim and stolen copy: stolen; independent: independent)")
-    elif result.get("wrong_verdicts"):
-        lines.append("WRONG verdicts: " + ", ".join(f"{v['suspect']}/{v['method']} -> {v['verdict']}"
-                                                   for v in result["wrong_verdicts"]))
+    if result.get("all_decisions_right"):
+        lines.append("every decision right (victim and stolen copy: stolen; independent: not stolen), "
+                     "family-wise error <= alpha per suspect")
     else:
-        lines.append("no verdict named the wrong side; some tests could not decide:")
+        lines.append("WRONG decisions: " + ", ".join(f"{c['suspect']} -> {c['verdict']}"
+                                                    for c in result.get("wrong_decisions", [])))
     for v in result.get("verdicts", []):
-        if v.get("verdict") == "inconclusive":
-            reason = (v.get("details") or {}).get("reason") or "see summary.json"
-            lines.append(f"  {v['suspect']}/{v['method']}: inconclusive: {reason}")
+        if v.get("verdict") in ("inconclusive", "not applicable"):
+            reason = v.get("reason") or "see summary.json"
+            lines.append(f"  {v['suspect']}/{v['method']}: {v['verdict']}: {reason}")
     if result.get("report"):
         lines.append(f"report: {result['report']}")
     lines.append(f"total {result.get('seconds', 0):.0f} s")

@@ -178,7 +178,19 @@ def render_report(run_dir: str | Path) -> Path:
                      f"</td><td>{_fmt(entry.get('fidelity_cosine'))}</td><td>{_fmt(entry.get('queries_paid'))}"
                      "</td></tr>")
     parts.append("</table>")
-    parts.append("<h2>Verdicts</h2><table><tr><th>suspect</th><th>method</th><th>verdict</th><th>p-value</th>"
+    if summary.get("combined"):
+        parts.append("<h2>Decisions</h2><p class='note'>One decision per suspect: Holm-Bonferroni over the "
+                     "calibrated tests that detect the owner's own model (and its own copy), family-wise error at "
+                     "most alpha.</p><table><tr><th>suspect</th><th>decision</th><th>combined p</th><th>family</th>"
+                     "<th>reason</th></tr>")
+        for c in summary["combined"]:
+            verdict = str(c.get("verdict"))
+            parts.append(f"<tr><td>{_fmt(c.get('suspect'))}</td><td class='{html.escape(verdict)}'>"
+                         f"{html.escape(verdict)}</td><td>{_fmt(c.get('combined_p'))}</td>"
+                         f"<td>{html.escape(', '.join(c.get('family') or []))}</td>"
+                         f"<td>{html.escape(str(c.get('reason') or ''))}</td></tr>")
+        parts.append("</table>")
+    parts.append("<h2>Verdicts per test</h2><table><tr><th>suspect</th><th>method</th><th>verdict</th><th>p-value</th>"
                  "<th>effect</th><th>n</th><th>suspect queries</th></tr>")
     for v in summary.get("verdicts", []):
         verdict = str(v.get("verdict"))
