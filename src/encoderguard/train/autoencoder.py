@@ -14,11 +14,7 @@ from torch import nn
 from encoderguard.data.image_set import ImageSet
 from encoderguard.errors import DataError
 from encoderguard.models.encoder import Encoder
-from encoderguard.train.progress import progress_bar
-
-# The batching and validation rules are shared with the supervised recipe on purpose: both recipes must accept and
-# refuse the same settings.
-from encoderguard.train.supervised import _batches, _check_settings, _device_of
+from encoderguard.train.head_training import check_settings, train_with_head
 
 DECODER_HIDDEN = 256
 """Hidden width of the MLP decoder."""
@@ -47,38 +43,21 @@ def train_autoencoder(encoder: Encoder, images: ImageSet, *, epochs: int, batch_
         ValueError: a bad setting, or images whose shape differs from the encoder's ``input_shape``.
         DataError: fewer than two images.
     """
-    _check_settings(epochs, batch_size, lr)
+    check_settings(epochs, batch_size, lr)
     if images.input_shape != encoder.input_shape:
         raise ValueError(f"images are {images.input_shape} but the encoder takes {encoder.input_shape}")
     if len(images) < 2:
         raise DataError(f"autoencoder training needs at least 2 images, got {len(images)} in {images.name!r}")
     c, h, w = encoder.input_shape
-    device = _device_of(encoder)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         decoder = nn.Sequential(nn.Linear(encoder.embed_dim, DECODER_HIDDEN), nn.ReLU(inplace=True),
                                 nn.Linear(DECODER_HIDDEN, c * h * w), nn.Sigmoid(), nn.Unflatten(1, (c, h, w)))
-    decoder.to(device)
-    optimiser = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=lr)
-    losses: list[float] = []
-    try:
-        with progress_bar(progress) as bar:
-            task = bar.add_task("autoencoder", total=epochs, info="")
-            for epoch in range(epochs):
-                encoder.train()
-                decoder.train()
-                generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-                total, steps = 0.0, 0
-                for index in _batches(len(images), batch_size, generator):
-                    x = images.float(index).to(device)
-                    loss = F.mse_loss(decoder(encoder(x)), x)
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimiser.step()
-                    total += float(loss.detach())
-                    steps += 1
-                losses.append(total / max(steps, 1))
-                bar.update(task, advance=1, info=f"loss {losses[-1]:.4f}")
-    finally:
-        encoder.eval()
-    return losses
+
+    def loss(model: Encoder, head: nn.Module, index: torch.Tensor, generator: torch.Generator,
+             device: torch.device) -> torch.Tensor:
+        x = images.float(index).to(device)
+        return F.mse_loss(head(model(x)), x)
+
+    return train_with_head(encoder, decoder, images, loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                           progress=progress, name="autoencoder")

@@ -26,6 +26,7 @@ from encoderguard.errors import CheckpointError
 from encoderguard.models.checkpoint import atomic_save_tensors
 from encoderguard.models.encoder import Encoder
 from encoderguard.models.heads import projection_head, watermark_head
+from encoderguard.train.head_training import batches
 from encoderguard.train.ntxent_loss import NTXentLoss
 from encoderguard.train.progress import progress_bar
 from encoderguard.train.watermark_task import rotation_batch
@@ -101,13 +102,6 @@ def _config_digest(config: SimCLRConfig, encoder: Encoder, n: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Balanced batches over a fresh permutation (500 images at batch 256 -> 250 + 250, nothing dropped)."""
-    perm = torch.randperm(n, generator=generator)
-    count = max(1, math.ceil(n / batch_size))
-    return [b for b in torch.tensor_split(perm, count) if len(b) >= 2]
-
-
 def train_simclr(encoder: Encoder, data: ImageSet, config: SimCLRConfig, *, work_dir: str | Path | None = None,
                  progress: bool = True, device: str = "cpu") -> TrainResult:
     """Train ``encoder`` with SimCLR on ``data``.
@@ -155,7 +149,7 @@ def train_simclr(encoder: Encoder, data: ImageSet, config: SimCLRConfig, *, work
             torch.manual_seed(config.seed * 100_003 + epoch)
             total, steps = 0.0, 0
             wm_correct = wm_total = 0
-            for index in _batches(len(images), config.batch_size, generator):
+            for index in batches(len(images), config.batch_size, generator):  # 500 at 256 -> 250 + 250
                 x = images[index].to(device).float().div_(255.0)
                 z1 = projector(encoder(augment(x)))
                 z2 = projector(encoder(augment(x)))
