@@ -16,26 +16,22 @@ from __future__ import annotations
 import argparse
 import copy as copy_module
 import csv
-import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from validity import draw_tests  # the validity benchmark's draw 0, on the same models
 
 from encoderguard.api import LocalAPI
 from encoderguard.api.transformed_api import TransformedAPI
 from encoderguard.attacks.output_transforms import TRANSFORMS, create_transform
 from encoderguard.data import SplitSpec, load_split
 from encoderguard.models import ModelCard, load_checkpoint, save_checkpoint
-from encoderguard.models.verify_key import VerifyKey
-from encoderguard.train.evaluate import random_init_like
-from encoderguard.verify.dataset_inference import DatasetInference, owner_data
 from encoderguard.verify.decision import MethodResult, combine
 from encoderguard.verify.references import ReferenceSet
 from encoderguard.verify.stats import binomial_confidence_interval
-from encoderguard.verify.watermark import WatermarkVerifier
 
 LOSSES = ("mse", "infonce", "softnn")
 COPY_SEEDS = (0, 1, 2)
@@ -93,13 +89,7 @@ def run(args: argparse.Namespace) -> None:
     work = Path(args.work)
     owner = load_checkpoint(args.owner)
     refs = ReferenceSet.load(args.refs).references()
-    train, heldout = owner_data(owner.card)
-    nulls = [random_init_like(owner.encoder, seed=10_000 + i) for i in range(3)]
-    key = VerifyKey(hashlib.sha256(b"encoderguard-validity-draw-0").digest())
-    verifiers = {align: WatermarkVerifier(owner, references=refs, key=key, max_queries=args.wm_queries,
-                                          alpha=args.alpha, align=align) for align in ("none", "auto")}
-    di = DatasetInference(seed=1000, alpha=args.alpha).fit(members=train, nonmembers=heldout, owner=owner.encoder,
-                                                          null_models=nulls)
+    verifiers, di = draw_tests(owner, refs, 0, wm_queries=args.wm_queries, alpha=args.alpha)
     copies = [work / "copies" / f"{loss}-2000-s{s}" for loss in LOSSES for s in COPY_SEEDS]
     innocents = sorted(p for p in (work / "innocents").iterdir() if (p / "card.json").exists())
     rows_path = work / "robust-rows.jsonl"

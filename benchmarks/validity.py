@@ -31,9 +31,9 @@ from encoderguard.api import LocalAPI
 from encoderguard.data import SplitSpec, load_split
 from encoderguard.models import ModelCard, load_checkpoint, read_card, save_checkpoint
 from encoderguard.models.verify_key import VerifyKey
-from encoderguard.train.evaluate import random_init_like
 from encoderguard.verify.dataset_inference import DatasetInference, owner_data
 from encoderguard.verify.decision import MethodResult, combine
+from encoderguard.verify.di_config import null_encoders
 from encoderguard.verify.references import MLP_KWARGS, ReferencePlan, ReferenceSet, train_reference
 from encoderguard.verify.stats import binomial_confidence_interval
 from encoderguard.verify.watermark import WatermarkVerifier
@@ -145,11 +145,22 @@ def _suspects(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     return out
 
 
+def draw_tests(owner: Any, refs: list[Any], draw: int, *, wm_queries: int, alpha: float
+               ) -> tuple[dict[str, WatermarkVerifier], DatasetInference]:
+    """The tests of one draw: the watermark without and with alignment (its own secret key) and dataset inference
+    (its own seed, 3 null encoders), all fitted once for every suspect of the draw."""
+    key = VerifyKey(hashlib.sha256(f"encoderguard-validity-draw-{draw}".encode()).digest())
+    verifiers = {align: WatermarkVerifier(owner, references=refs, key=key, max_queries=wm_queries, alpha=alpha,
+                                          align=align) for align in ("none", "auto")}
+    train, heldout = owner_data(owner.card)
+    di = DatasetInference(seed=1000 + draw, alpha=alpha).fit(members=train, nonmembers=heldout, owner=owner.encoder,
+                                                            null_models=null_encoders(owner.encoder, 3))
+    return verifiers, di
+
+
 def stage_tests(args: argparse.Namespace) -> None:
     owner = load_checkpoint(args.owner)
     refs = ReferenceSet.load(args.refs).references()
-    train, heldout = owner_data(owner.card)
-    nulls = [random_init_like(owner.encoder, seed=10_000 + i) for i in range(3)]
     suspects = _suspects(args)
     rows_dir = Path(args.work) / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)
@@ -158,11 +169,7 @@ def stage_tests(args: argparse.Namespace) -> None:
         if path.exists():
             continue
         started = time.perf_counter()
-        key = VerifyKey(hashlib.sha256(f"encoderguard-validity-draw-{draw}".encode()).digest())
-        verifiers = {align: WatermarkVerifier(owner, references=refs, key=key, max_queries=args.wm_queries,
-                                              alpha=args.alpha, align=align) for align in ("none", "auto")}
-        di = DatasetInference(seed=1000 + draw, alpha=args.alpha).fit(members=train, nonmembers=heldout,
-                                                                     owner=owner.encoder, null_models=nulls)
+        verifiers, di = draw_tests(owner, refs, draw, wm_queries=args.wm_queries, alpha=args.alpha)
         rows = []
         for name, kind, folder in suspects:
             if kind.startswith("copy") and draw >= args.copy_draws:
@@ -215,18 +222,11 @@ def stage_copycheck(args: argparse.Namespace) -> None:
         save_checkpoint(folder, encoder=result.encoder, card=card)
     copy = load_checkpoint(folder).encoder
     refs = ReferenceSet.load(args.refs).references()
-    train, heldout = owner_data(owner.card)
-    nulls = [random_init_like(owner.encoder, seed=10_000 + i) for i in range(3)]
     out = {}
     for draw in range(args.draws):
-        key = VerifyKey(hashlib.sha256(f"encoderguard-validity-draw-{draw}".encode()).digest())
-        row = {}
-        for align in ("none", "auto"):
-            w = WatermarkVerifier(owner, references=refs, key=key, max_queries=args.wm_queries, alpha=args.alpha,
-                                  align=align).verify(LocalAPI(copy))
-            row["wm" if align == "none" else "wm_aligned"] = w.p_value
-        di = DatasetInference(seed=1000 + draw, alpha=args.alpha).fit(members=train, nonmembers=heldout,
-                                                                     owner=owner.encoder, null_models=nulls)
+        verifiers, di = draw_tests(owner, refs, draw, wm_queries=args.wm_queries, alpha=args.alpha)
+        row = {"wm" if align == "none" else "wm_aligned": v.verify(LocalAPI(copy)).p_value
+               for align, v in verifiers.items()}
         row["di"] = di.verify(LocalAPI(copy)).p_value
         out[str(draw)] = row
         print(json.dumps({"copycheck_draw": draw, **row}), flush=True)

@@ -27,7 +27,7 @@ KEY = VerifyKey(bytes(range(32)))
 
 
 def save_owner(out: Path, *, steps: int, spec: SplitSpec = SPEC, watermark: bool = True, key: bool = True,
-               verify_seed: int | None = None) -> Path:
+               verify_seed: int | None = None, seed: int = OWNER_SEED, pool: str = "avg") -> Path:
     """A tiny owner whose encoder and head learnt the rotation task on ``spec`` (a stand-in for joint SSL training:
     the verifier only needs a checkpoint whose head reads the watermark from the representation).
 
@@ -38,13 +38,15 @@ def save_owner(out: Path, *, steps: int, spec: SplitSpec = SPEC, watermark: bool
         watermark: save a watermark head and the card's ``watermark`` section.
         key: write :data:`KEY` as ``watermark-verify-key.json`` and its fingerprint into the card.
         verify_seed: store this public seed in the card, as cards did before the secret key.
+        seed: seeds the encoder, the head and the training batches.
+        pool: the tiny ConvNet's pooling (``"flatten"`` gives a stronger watermark).
     """
     images = load_split(spec).float()
-    encoder = tiny_encoder(OWNER_SEED, embed_dim=16)
-    torch.manual_seed(OWNER_SEED)
+    encoder = tiny_encoder(seed, embed_dim=16, pool=pool)
+    torch.manual_seed(seed)
     head = watermark_head(16, hidden_dim=16)
     optimiser = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=0.01)
-    generator = torch.Generator().manual_seed(OWNER_SEED)
+    generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         batch = images[torch.randperm(len(images), generator=generator)[:128]]
         rotated, labels = rotation_batch(batch, generator=generator)
@@ -55,7 +57,7 @@ def save_owner(out: Path, *, steps: int, spec: SplitSpec = SPEC, watermark: bool
     encoder.eval()
     card = ModelCard(arch=encoder.arch, arch_kwargs=encoder.arch_kwargs, input_shape=encoder.input_shape,
                      embed_dim=16, data=spec.to_dict(),
-                     training={"method": "rotation", "seed": OWNER_SEED, "epochs": 1, "batch_size": 64})
+                     training={"method": "rotation", "seed": seed, "epochs": 1, "batch_size": 64})
     if watermark:
         section: dict[str, Any] = {"task": "rotation-0-180-vs-180-360", "weight": 1.0, "heldout_acc": None,
                                    "heldout_n": None, "verify_split": "owner-heldout"}

@@ -28,12 +28,7 @@ from encoderguard.verify.references import (
 IMAGES = 64  # training images per reference: a few optimiser steps each
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -219,3 +219,18 @@ def test_holm_adjust_controls_the_family_wise_error():
 def test_calibration_arguments_raise_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_calibrated_accuracy_p_value_picks_the_test_the_references_allow():
+    from encoderguard.verify.stats import calibrated_accuracy_p_value, prediction_p_value, rank_p_value
+
+    few = [0.48, 0.5, 0.52, 0.49, 0.51]
+    p, kind = calibrated_accuracy_p_value(0.6, few, alpha=0.01, n=1000)
+    assert kind == "prediction" and p == pytest.approx(prediction_p_value(0.6, few, min_sd=(0.25 / 1000) ** 0.5))
+    many = [0.5 + 0.001 * i for i in range(100)]  # K + 1 = 101 > 1 / 0.01: the exact rank test reaches alpha
+    p, kind = calibrated_accuracy_p_value(0.7, many, alpha=0.01, n=1000)
+    assert kind == "rank" and p == rank_p_value(0.7, many) == pytest.approx(1 / 101)
+    p, kind = calibrated_accuracy_p_value(0.7, few[:2], alpha=0.01, n=1000)
+    assert kind == "none" and math.isnan(p)
+    with pytest.raises(ValueError, match="n must be"):
+        calibrated_accuracy_p_value(0.7, few, alpha=0.01, n=0)

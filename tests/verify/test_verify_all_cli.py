@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from tests.conftest import tiny_encoder
 from tests.verify.owners import SPEC, reference_encoders, save_owner, save_reference_set
 
@@ -22,12 +21,7 @@ CONTRACT = {"verdict", "alpha", "combined_p", "methods", "family", "rule", "reas
 ROW = {"method", "verdict", "p_value", "calibrated", "can_detect", "in_family", "holm_p", "reason"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

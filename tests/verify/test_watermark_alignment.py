@@ -20,12 +20,7 @@ from encoderguard.verify.watermark import WatermarkVerifier
 QUERIES, ALIGN_QUERIES = 300, 200
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,21 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from scipy import stats
 from tests.conftest import tiny_encoder
+from tests.verify.owners import SPEC, save_owner
 
 from encoderguard.api import LocalAPI
-from encoderguard.data import SplitSpec, load_split
-from encoderguard.models import ModelCard, load_encoder, save_checkpoint, watermark_head
+from encoderguard.data import load_split
+from encoderguard.models import load_encoder
 from encoderguard.models.mlp import MLPEncoder
 from encoderguard.train.autoencoder import train_autoencoder
 from encoderguard.train.supervised import train_supervised
-from encoderguard.train.watermark_task import rotation_batch
 from encoderguard.verify.references import Reference
 from encoderguard.verify.watermark import WatermarkVerifier
 
-SPEC = SplitSpec("digits", "owner-train", 0, 300)  # owner-heldout then holds the other 374 owner images
 VERIFY_SEED = 4242
 QUERIES = 374  # the whole owner-heldout split: binomial sd of an accuracy at 0.5 is 0.026
 # (recipe, architecture) of the independent encoders: the first five are references, the last five innocent
@@ -32,35 +30,11 @@ RECIPES = [("supervised", "convnet"), ("autoencoder", "convnet"), ("supervised",
 N_REFERENCES = 5
 
 
-def _save_owner(out: Path) -> Path:
-    """A tiny watermarked owner: encoder and head learnt the rotation task on owner-train (as in test_watermark's
-    helper; flatten pooling and 200 steps lift its held-out watermark accuracy from about 0.66 to about 0.73)."""
-    images = load_split(SPEC).float()
-    encoder = tiny_encoder(0, embed_dim=16, pool="flatten")
-    torch.manual_seed(0)
-    head = watermark_head(16, hidden_dim=16)
-    optimiser = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=0.01)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        batch = images[torch.randperm(len(images), generator=generator)[:128]]
-        rotated, labels = rotation_batch(batch, generator=generator)
-        loss = F.cross_entropy(head(encoder(rotated)), labels)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    encoder.eval()
-    card = ModelCard(arch=encoder.arch, arch_kwargs=encoder.arch_kwargs, input_shape=encoder.input_shape,
-                     embed_dim=16, data=SPEC.to_dict(),
-                     heads={"watermark_head": {"hidden_dim": 16}},
-                     watermark={"task": "rotation-0-180-vs-180-360", "weight": 1.0, "heldout_acc": None,
-                                "heldout_n": None, "verify_split": "owner-heldout", "verify_seed": VERIFY_SEED})
-    save_checkpoint(out, encoder=encoder, card=card, watermark_head=head)
-    return out
-
-
 @pytest.fixture(scope="module")
 def owner(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _save_owner(tmp_path_factory.mktemp("wm-null") / "owner")
+    # flatten pooling and 200 steps lift the tiny owner's held-out watermark accuracy from about 0.66 to about 0.73
+    return save_owner(tmp_path_factory.mktemp("wm-null") / "owner", steps=200, seed=0, pool="flatten", key=False,
+                      verify_seed=VERIFY_SEED)
 
 
 @pytest.fixture(scope="module")

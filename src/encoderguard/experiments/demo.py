@@ -149,8 +149,8 @@ class _Server:
 
 def _verdict_rows(suspect: str, decision: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per method of a ``verify all`` decision (the demo's ``verdicts`` contract)."""
-    keep = ("method", "verdict", "p_value", "alpha", "statistic", "effect", "n", "queries_used", "warnings",
-            "calibrated", "can_detect", "sees_copies", "holm_p", "in_family", "reason")
+    keep = ("method", "verdict", "p_value", "statistic", "effect", "n", "queries_used", "warnings", "calibrated",
+            "can_detect", "sees_copies", "holm_p", "in_family", "reason")
     return [{"suspect": suspect, **{k: m.get(k) for k in keep},
              "alpha": m.get("alpha", decision.get("alpha")), "details": m.get("details", {})}
             for m in decision.get("methods", [])]

@@ -44,15 +44,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from encoderguard.data.image_set import ImageSet
-from encoderguard.errors import APIError, DataError
+from encoderguard.errors import DataError
+from encoderguard.models.encoder import Encoder
+from encoderguard.verify.answers import check_answers, embed_any, queries_used
+from encoderguard.verify.di_checks import owner_gated_verdict
+from encoderguard.verify.di_results import CopyCheck, DITestResult, SelfCheck
+from encoderguard.verify.di_sampling import MEMBER_SHARE, float_images, min_permutations, owner_data, split_budget
 from encoderguard.verify.membership_scores import (
     GEOMETRIES,
     gmm_scores,
@@ -72,14 +75,14 @@ from encoderguard.verify.permutation import (
 from encoderguard.verify.two_sample import auc, cohens_d, welch_t_test
 from encoderguard.verify.verdict import Verdict
 
+__all__ = ["MEMBER_SHARE", "CopyCheck", "DITestResult", "DatasetInference", "SelfCheck", "min_permutations",
+           "owner_data", "split_budget"]
+
 SCORES = ("knn", "gmm")
 DESIGNS = ("set", "split")
 TESTS = ("permutation", "welch")
 DIRECTIONS = ("lower", "higher")
 COVARIANCES = ("full", "diag", "spherical", "tied")
-# Share of a query budget spent on owner-train images (500 of 2500): the pre-registered setting, validated on a
-# held-out split (benchmarks/results_di.md). A larger share looked better at small budgets, but only on that same split.
-MEMBER_SHARE = 0.2
 CALIBRATION_NOTE = ("the permutation null is exact under the random owner split: for an encoder that never saw "
                     "owner-train, training and held-out images are exchangeable, so P(p < alpha) <= alpha")
 WELCH_NOTE = "Welch's t-test is approximate (normal theory); use test='permutation' for an exact p-value"
@@ -87,159 +90,6 @@ INDEPENDENT_WARNING = ("'independent' means the test found no evidence of deriva
                        "a proof of independence")
 
 Answers = tuple[np.ndarray, np.ndarray]  # (member answers [m, D], non-member answers [h, D])
-
-
-@dataclass(frozen=True)
-class DITestResult:
-    """One dataset-inference test on one encoder's answers (no verdict yet).
-
-    Attributes:
-        p_value: one-sided p-value in the frozen direction.
-        statistic: the tested statistic: ``mean(member scores) - mean(non-member scores)`` (set design without null
-            encoders and split design with ``test="permutation"``), the null-adjusted standardised statistic (set
-            design with null encoders) or Welch's t (``test="welch"``).
-        z: the statistic in standard deviations of its permutation null (``nan`` for Welch).
-        effect: Cohen's d of member vs non-member scores, signed so that a positive value points in the frozen
-            membership direction (evidence of membership); ``< 0`` is the opposite direction.
-        auc: probability that a member scores further in the membership direction than a non-member (0.5: none).
-        n_members: members whose scores were compared.
-        n_nonmembers: non-members whose scores were compared.
-        adjustment: for the null-adjusted test, ``{"beta", "rho", "z_unadjusted", "control_z", "null_models"}``
-            (see :func:`~encoderguard.verify.permutation.control_variate_test`); empty otherwise.
-        member_scores: per-image scores of the compared members (not serialised by :meth:`to_dict`).
-        nonmember_scores: per-image scores of the non-members (not serialised).
-    """
-
-    p_value: float
-    statistic: float
-    z: float
-    effect: float
-    auc: float
-    n_members: int
-    n_nonmembers: int
-    adjustment: dict[str, float] = field(default_factory=dict)
-    member_scores: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.empty(0))
-    nonmember_scores: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.empty(0))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if not k.endswith("_scores")}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DITestResult:
-        """Rebuild a result from :meth:`to_dict` (without per-image scores).
-
-        Raises:
-            ValueError: a missing or malformed field.
-        """
-        try:
-            return cls(p_value=float(data["p_value"]), statistic=float(data["statistic"]), z=float(data["z"]),
-                       effect=float(data["effect"]), auc=float(data["auc"]), n_members=int(data["n_members"]),
-                       n_nonmembers=int(data["n_nonmembers"]),
-                       adjustment={str(k): float(v) for k, v in dict(data.get("adjustment") or {}).items()})
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"not a dataset-inference test result ({exc!r})") from exc
-
-
-@dataclass(frozen=True)
-class SelfCheck:
-    """What the owner's own encoder says about the test (see :meth:`DatasetInference.self_check`).
-
-    Attributes:
-        protects: the owner's encoder is detected (``p < alpha``) at the configured budget; without that, suspect
-            verdicts are ``"inconclusive"``.
-        owner: the test on the owner's encoder at the configured budget.
-        alpha: significance level.
-        queries: images the configured test sends to a suspect.
-        min_queries: the smallest budget of the ones tried at which the owner's encoder was detected in every one
-            of ``repeats`` random draws (``None``: none of them, or none tried). A stolen copy carries a weaker
-            signal than its victim, so this is a lower bound for copies.
-        budgets: per tried budget, the owner's p-values over the draws.
-        null: unadjusted p-values of the test on each null encoder on the same images: none of them can carry
-            membership signal, so a small one says the owner's sample is atypical.
-        reason: why the owner is not protected (empty when it is).
-        settings: the frozen settings of the test.
-    """
-
-    protects: bool
-    owner: DITestResult
-    alpha: float
-    queries: int
-    min_queries: int | None
-    budgets: dict[int, list[float]]
-    null: list[float]
-    reason: str
-    settings: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"protects": self.protects, "owner": self.owner.to_dict(), "alpha": self.alpha,
-                "queries": self.queries, "min_queries": self.min_queries,
-                "budgets": {str(k): v for k, v in self.budgets.items()}, "null_p_values": list(self.null),
-                "reason": self.reason, "settings": dict(self.settings)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SelfCheck:
-        """Rebuild a self-check from :meth:`to_dict` (the owner's per-image scores are not stored).
-
-        Raises:
-            ValueError: a missing or malformed field.
-        """
-        try:
-            min_queries = data["min_queries"]
-            return cls(protects=bool(data["protects"]), owner=DITestResult.from_dict(data["owner"]),
-                       alpha=float(data["alpha"]), queries=int(data["queries"]),
-                       min_queries=None if min_queries is None else int(min_queries),
-                       budgets={int(k): [float(p) for p in v] for k, v in dict(data["budgets"]).items()},
-                       null=[float(p) for p in data["null_p_values"]], reason=str(data["reason"]),
-                       settings=dict(data["settings"]))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"not a dataset-inference self-check ({exc!r})") from exc
-
-
-@dataclass(frozen=True)
-class CopyCheck:
-    """Dataset inference on a copy the owner stole from its own encoder (see :meth:`DatasetInference.copy_check`).
-
-    A copy carries only part of its victim's membership signal, so the owner's own detection does not show that
-    copies are detected. This check makes one, the way a thief would, and runs the frozen test on it.
-
-    Attributes:
-        detected: the test flags the simulated copy (``p < alpha``); without that, ``"independent"`` verdicts
-            become ``"inconclusive"``.
-        p_value, z, effect: the test on the simulated copy.
-        loss, budget, epochs: how the copy was stolen (owner-side: no suspect queries).
-        reason: why copies are not protected (empty when they are).
-        alpha: the significance level ``detected`` was decided at (``None``: unknown). A test at another alpha
-            re-derives ``detected`` from ``p_value`` (:meth:`detected_at`).
-    """
-
-    detected: bool
-    p_value: float
-    z: float
-    effect: float
-    loss: str
-    budget: int
-    epochs: int
-    seconds: float
-    reason: str
-    alpha: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def detected_at(self, alpha: float) -> bool:
-        """Whether the simulated copy is detected at significance level ``alpha`` (``p_value < alpha``)."""
-        return bool(self.p_value < alpha)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CopyCheck:
-        try:
-            alpha = data.get("alpha")
-            return cls(detected=bool(data["detected"]), p_value=float(data["p_value"]), z=float(data["z"]),
-                       effect=float(data["effect"]), loss=str(data["loss"]), budget=int(data["budget"]),
-                       epochs=int(data["epochs"]), seconds=float(data.get("seconds", 0.0)),
-                       reason=str(data.get("reason", "")), alpha=None if alpha is None else float(alpha))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"not a dataset-inference copy check ({exc!r})") from exc
 
 
 class DatasetInference:
@@ -396,8 +246,8 @@ class DatasetInference:
                 raise ValueError("the frozen self-check was made with other settings: "
                                  + ", ".join(f"{k}={self_check.settings.get(k)!r} (this test: {mine.get(k)!r})"
                                              for k in differ))
-        train = _as_float(members, "members")
-        heldout = _as_float(nonmembers, "nonmembers")
+        train = float_images(members, "members")
+        heldout = float_images(nonmembers, "nonmembers")
         if train.shape[1:] != heldout.shape[1:]:
             raise DataError(f"member images are {tuple(train.shape[1:])} but non-member images are "
                             f"{tuple(heldout.shape[1:])}")
@@ -423,6 +273,7 @@ class DatasetInference:
         self._null_cache: dict[tuple[Any, ...], tuple[np.ndarray, list[Answers]]] = {}
         self.self_check_: SelfCheck | None = self_check
         self.copy_check_: CopyCheck | None = copy_check
+        self.copy_encoder_: Encoder | None = None
         if owner is not None:
             self.self_check_ = self.self_check(owner, budgets=())
         return self
@@ -456,11 +307,11 @@ class DatasetInference:
         """
         self._require_fit()
         pool = torch.cat([self.member_images_, self.nonmember_images_])[torch.from_numpy(self.order_)]
-        before = _queries_used(api)
-        answers = _embed(api, pool)
-        after = _queries_used(api)
+        before = queries_used(api)
+        answers = embed_any(api, pool)
+        after = queries_used(api)
         used = after - before if before is not None and after is not None else pool.shape[0]
-        arr = _check_answers(answers, pool.shape[0])
+        arr = check_answers(answers, pool.shape[0])
         unshuffled = np.empty_like(arr)
         unshuffled[self.order_] = arr
         m = self.member_images_.shape[0]
@@ -572,111 +423,20 @@ class DatasetInference:
 
     # -- self-check ------------------------------------------------------------------------------------------
     def self_check(self, owner: Any, *, budgets: Sequence[int] | None = None, repeats: int = 3) -> SelfCheck:
-        """Run the frozen test on the owner's own encoder: can DI protect it, and with how many queries?
+        """Run the frozen test on the owner's own encoder (:func:`~encoderguard.verify.di_checks.run_self_check`)."""
+        from encoderguard.verify.di_checks import run_self_check
 
-        The owner's encoder is queried once on the fitted pool (it is the owner's own model: no suspect queries).
-        Smaller budgets are tried on random sub-samples of that pool, shared between members and non-members by
-        :func:`split_budget`; null encoders from :meth:`fit` are sub-sampled alike. The budget ladder uses
-        ``max(199, 2 / alpha)`` relabellings (enough to resolve ``p < alpha``) to keep the check fast.
-
-        Args:
-            owner: the owner's encoder (``nn.Module`` or EmbeddingAPI).
-            budgets: total query budgets (members + non-members) to try (default: a ladder up to the configured
-                budget; ``()``: none).
-            repeats: random draws per budget.
-
-        Returns:
-            :class:`SelfCheck`.
-        """
-        self._require_fit()
-        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-            raise ValueError(f"repeats must be a positive int, got {repeats!r}")
-        owner_members, owner_nonmembers, _ = self.query(owner)
-        result = self.test_answers(owner_members, owner_nonmembers)
-        m_all, h_all = owner_members.shape[0], owner_nonmembers.shape[0]
-        total = m_all + h_all
-        if budgets is None:
-            budgets = sorted({b for b in (200, 500, 1000, 1500, 2500, 5000) if b < total} | {total})
-        ladder = DatasetInference.from_settings(
-            self.settings(), n_permutations=min(self.n_permutations, max(199, math.ceil(2 / self.alpha))))
-        tried: dict[int, list[float]] = {}
-        min_queries: int | None = None
-        rng = np.random.default_rng(self.seed + 1)
-        for budget in sorted(int(b) for b in budgets):
-            if budget < 5:
-                continue
-            m, h = split_budget(budget, m_all)
-            if h > h_all:  # fewer fitted non-members than the share asks for: the rest of the budget to members
-                h = h_all
-                m = min(m_all, budget - h)
-            try:
-                self._check_sizes(m, h)
-            except DataError:
-                continue
-            ps = []
-            for _ in range(repeats):
-                mi = rng.choice(m_all, size=m, replace=False)
-                hi = rng.choice(h_all, size=h, replace=False)
-                nulls = [(nm[mi], nh[hi]) for nm, nh in getattr(self, "null_answers_", [])]
-                try:
-                    ps.append(ladder.test_answers(owner_members[mi], owner_nonmembers[hi], null_answers=nulls,
-                                                  seed=int(rng.integers(2**31))).p_value)
-                except ValueError:
-                    ps.append(math.nan)
-            tried[m + h] = ps
-            if min_queries is None and all(p < self.alpha for p in ps):
-                min_queries = m + h
-        null_ps = [self.test_answers(nm, nh, null_answers=[]).p_value for nm, nh in self.null_answers_]
-        protects = result.p_value < self.alpha
-        reason = "" if protects else (
-            f"the owner's own encoder shows no membership signal in the '{self.direction}' direction "
-            f"(p = {result.p_value:.3g} >= alpha = {self.alpha}, effect {result.effect:+.3f}): dataset inference "
-            "cannot detect copies of this model at this query budget")
-        return SelfCheck(protects=protects, owner=result, alpha=self.alpha, queries=total, min_queries=min_queries,
-                         budgets=tried, null=null_ps, reason=reason, settings=self.settings())
+        return run_self_check(self, owner, budgets=budgets, repeats=repeats)
 
     # -- verification ----------------------------------------------------------------------------------------
     def copy_check(self, owner: Any, query_data: ImageSet, *, loss: str = "infonce", budget: int = 2000,
                    epochs: int = 60, seed: int = 1, progress: bool = False, **attack_kwargs: Any) -> CopyCheck:
-        """Steal a copy of the owner's own encoder and run the frozen test on it: can a copy be detected?
+        """Steal a copy of the owner's own encoder and test it; kept in ``copy_check_`` and ``copy_encoder_``
+        (:func:`~encoderguard.verify.di_checks.run_copy_check`)."""
+        from encoderguard.verify.di_checks import run_copy_check
 
-        The copy is made like a thief's (:class:`~encoderguard.attacks.StealingAttack`: ``budget`` images of
-        ``query_data``, each answered once by the owner's encoder, ``epochs`` of training on the answers), owner-side:
-        it costs CPU time (about a minute on 2 cores with the defaults), no suspect queries. The result is kept in
-        ``copy_check_``; from then on :meth:`verify` answers ``"inconclusive"`` instead of ``"independent"`` when
-        the simulated copy was not detected.
-
-        Args:
-            owner: the owner's encoder (``nn.Module``) or an EmbeddingAPI serving it.
-            query_data: images a thief would send (the owner's ``query`` split: disjoint from its own data).
-            loss, budget, epochs, seed: the simulated attack; ``attack_kwargs`` go to ``StealingAttack``.
-            progress: progress bars on stderr.
-        """
-        import tempfile
-
-        from encoderguard.api import LocalAPI
-        from encoderguard.attacks import StealingAttack
-
-        self._require_fit()
-        started = time.perf_counter()
-        api = LocalAPI(owner) if isinstance(owner, nn.Module) else owner
-        with tempfile.TemporaryDirectory(prefix="encoderguard-copy-check-") as cache:
-            attack = StealingAttack(api, loss=loss, budget=min(budget, len(query_data)), cache_dir=cache,
-                                    epochs=epochs, seed=seed, progress=progress, **attack_kwargs)
-            stolen = attack.extract(query_data)
-        copy = stolen.encoder.eval()
-        self.copy_encoder_ = copy  # kept so that the owner can save it and check other tests on it
-        members, nonmembers, _ = self.query(copy)
-        result = self.test_answers(members, nonmembers)
-        detected = bool(result.p_value < self.alpha)
-        reason = "" if detected else (
-            f"a copy the owner stole from its own encoder ({loss}, {stolen.queries_paid} queries, {epochs} epochs) "
-            f"is not detected (p = {result.p_value:.3g} >= alpha = {self.alpha}): copies of this model can go "
-            "unnoticed at this query budget, so no 'independent' verdict is given")
-        self.copy_check_ = CopyCheck(detected=detected, p_value=result.p_value, z=result.z, effect=result.effect,
-                                     loss=loss, budget=stolen.queries_paid, epochs=epochs,
-                                     seconds=time.perf_counter() - started, reason=reason, alpha=self.alpha)
-        return self.copy_check_
+        return run_copy_check(self, owner, query_data, loss=loss, budget=budget, epochs=epochs, seed=seed,
+                              progress=progress, **attack_kwargs)
 
     def verify(self, suspect: Any) -> Verdict:
         """Test a suspect (an EmbeddingAPI, or an ``nn.Module`` for local experiments).
@@ -700,7 +460,6 @@ class DatasetInference:
         result = self.test_answers(members, nonmembers)
         self.last_result_ = result
         warnings: list[str] = []
-        check = self.self_check_
         details: dict[str, Any] = {
             "score": self.score, "design": self.design, "test": self.test, "direction": self.direction,
             "geometry": self.geometry, "z": result.z, "auc": result.auc, "n_members": result.n_members,
@@ -714,50 +473,12 @@ class DatasetInference:
         }
         if self.design == "set" and self.adjust and not result.adjustment:
             warnings.append("no null encoders were given: the test is not adjusted for an atypical owner sample")
-        if check is None:
-            verdict = "stolen" if result.p_value < self.alpha else "independent"
-            warnings.append("the owner's own encoder was not self-checked: the test's power is unknown")
-        else:
-            details["self_check"] = {"protects": check.protects, "owner_p_value": check.owner.p_value,
-                                     "owner_effect": check.owner.effect, "owner_z": check.owner.z,
-                                     "null_p_values": list(check.null), "seed": check.settings.get("seed"),
-                                     "same_draw": check.settings.get("seed") == self.seed}
-            if not check.protects:
-                verdict = "inconclusive"
-                warnings.append(check.reason)
-                details["reason"] = check.reason
-            else:
-                verdict = "stolen" if result.p_value < self.alpha else "independent"
-            if check.null and min(check.null) < self.alpha:
-                warnings.append(f"a null encoder (never trained on the owner's data) is flagged on this owner "
-                                f"sample without adjustment (p = {min(check.null):.3g}): the sample is atypical")
-        copy_check = getattr(self, "copy_check_", None)
-        if copy_check is not None:
-            details["copy_check"] = copy_check.to_dict()
-            detected, reason = copy_check.detected, copy_check.reason
-            if copy_check.alpha != self.alpha:
-                # "detected" was decided at the copy check's own alpha; what gates this verdict is its p-value
-                # against this test's alpha.
-                detected = copy_check.detected_at(self.alpha)
-                reason = reason if detected == copy_check.detected else "" if detected else (
-                    f"a copy the owner stole from its own encoder ({copy_check.loss}, {copy_check.budget} queries) "
-                    f"is not detected at alpha = {self.alpha} (p = {copy_check.p_value:.3g}): copies of this model "
-                    "can go unnoticed at this query budget, so no 'independent' verdict is given")
-                details["copy_check_rederived"] = {"alpha": self.alpha, "detected": detected}
-                made = ("records no alpha" if copy_check.alpha is None
-                        else f"was computed at alpha = {copy_check.alpha}")
-                warnings.append(f"the copy check {made}; re-derived at this test's alpha = {self.alpha} from its "
-                                f"p = {copy_check.p_value:.3g}: the simulated copy is "
-                                f"{'' if detected else 'not '}detected")
-            if verdict == "independent" and not detected:
-                verdict = "inconclusive"
-                warnings.append(reason)
-                details["reason"] = reason
+        verdict = owner_gated_verdict(self, result.p_value, details, warnings)
         if verdict == "independent":
             warnings.append(INDEPENDENT_WARNING)
         # Owner-side only: whether this test detects the owner's own model (decides membership of the family in
         # the combined decision, never the suspect's p-value).
-        details["can_detect"] = check is None or check.protects
+        details["can_detect"] = self.self_check_ is None or self.self_check_.protects
         details.setdefault("reason", None)
         details["seconds"] = time.perf_counter() - started
         return Verdict(method="di", verdict=verdict, p_value=result.p_value, alpha=self.alpha,
@@ -775,120 +496,3 @@ def _statistic_kind(design: str, test: str, adjusted: bool) -> str:
     if adjusted:
         return "standardised mean member - mean non-member score, minus its regression on the null encoders'"
     return "mean member score - mean non-member score"
-
-
-def owner_data(card: Any, *, data_dir: str | None = None) -> tuple[ImageSet, ImageSet]:
-    """The owner's ``owner-train`` and ``owner-heldout`` images, rebuilt from its model card's ``data``.
-
-    Args:
-        card: the owner's :class:`~encoderguard.models.ModelCard`.
-        data_dir: folder of the named datasets.
-
-    Returns:
-        ``(owner_train, owner_heldout)``.
-
-    Raises:
-        DataError: the card records no split (dataset, split seed, training-set size), or says the model was trained
-            on another split than ``owner-train`` (then ``owner-train`` is not its training data).
-    """
-    from encoderguard.data.splits import SplitSpec, load_split
-
-    data = getattr(card, "data", None)
-    missing = [k for k in ("dataset", "split_seed", "train_size") if not isinstance(data, dict) or k not in data]
-    if missing or not isinstance(data, dict):
-        raise DataError(f"the owner's card has no split information (missing data.{', data.'.join(missing)}): "
-                        "dataset inference needs to know which images the owner trained on (owner-train) and "
-                        "which it held out; retrain with 'encoderguard train', which records them")
-    split = data.get("split", "owner-train")
-    if split != "owner-train":
-        raise DataError(f"the owner's card says it was trained on split {split!r}, not 'owner-train': "
-                        "owner-train/owner-heldout would not be its training and held-out data")
-    spec = SplitSpec.from_dict(data)
-    return load_split(spec, data_dir=data_dir), load_split(spec.with_split("owner-heldout"), data_dir=data_dir)
-
-
-def min_permutations(alpha: float) -> int:
-    """The fewest random relabellings ``B`` with which a permutation test can give ``p < alpha``.
-
-    The smallest permutation p-value is ``1 / (B + 1)`` (the observed labelling counts), so ``B`` must satisfy
-    ``1 / (B + 1) < alpha`` strictly: 100 at ``alpha = 0.01`` (99 reaches only ``p = 0.01``), 1000 at 0.001.
-
-    Raises:
-        ValueError: ``alpha`` outside ``(0, 1)``.
-    """
-    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    b = max(1, math.floor(1 / alpha))
-    while not 1 / (b + 1) < alpha:
-        b += 1
-    while b > 1 and 1 / b < alpha:
-        b -= 1
-    return b
-
-
-def split_budget(budget: int, n_train: int, *, member_share: float = MEMBER_SHARE) -> tuple[int, int]:
-    """Share a total query budget between owner-train images (members) and held-out images (non-members).
-
-    Members get ``member_share`` of the budget (default 0.2) as long as there are owner-train images left; the rest
-    goes to non-members. With 500 owner-train images: 1000 -> 200 + 800, 2500 -> 500 + 2000.
-
-    Args:
-        budget: total images to send (``>= 5``).
-        n_train: owner-train images available.
-        member_share: share of members (capped by ``n_train``).
-
-    Returns:
-        ``(members, nonmembers)`` summing to ``budget``.
-
-    Raises:
-        ValueError: a budget too small to hold 3 members and 2 non-members.
-    """
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 5:
-        raise ValueError(f"budget must be an int >= 5 (3 members + 2 non-members), got {budget!r}")
-    if not 0 < member_share < 1:
-        raise ValueError(f"member_share must be in (0, 1), got {member_share!r}")
-    members = min(n_train, max(3, int(round(budget * member_share))))
-    return members, budget - members
-
-
-def _as_float(images: ImageSet | torch.Tensor, name: str) -> torch.Tensor:
-    if isinstance(images, ImageSet):
-        return images.float()
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise DataError(f"{name} must be an ImageSet or a float tensor [N, C, H, W], got "
-                        f"{getattr(images, 'shape', type(images).__name__)}")
-    if images.dtype == torch.uint8:
-        return images.float().div(255.0)
-    return images.float()
-
-
-def _queries_used(api: Any) -> int | None:
-    value = getattr(api, "queries_used", None)
-    return int(value) if isinstance(value, int) else None
-
-
-def _embed(api: Any, images: torch.Tensor) -> Any:
-    if hasattr(api, "embed"):
-        return api.embed(images)
-    if isinstance(api, nn.Module):
-        from encoderguard.train.probe import encode
-
-        return encode(api, images)
-    raise ValueError(f"expected an EmbeddingAPI (with .embed) or an nn.Module, got {type(api).__name__}")
-
-
-def _check_answers(answers: Any, expected: int) -> np.ndarray:
-    if isinstance(answers, torch.Tensor):
-        answers = answers.detach().cpu().numpy()
-    try:
-        arr = np.asarray(answers, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise APIError(f"the suspect's answers are not numeric ({exc})") from exc
-    if arr.ndim != 2:
-        raise APIError(f"the suspect answered an array of shape {list(arr.shape)}; expected [{expected}, D]")
-    if arr.shape[0] != expected:
-        raise APIError(f"the suspect answered {arr.shape[0]} embeddings for {expected} images")
-    bad = ~np.isfinite(arr).all(axis=1)
-    if bad.any():
-        raise APIError(f"the suspect answered NaN or infinite values for {int(bad.sum())} of {expected} images")
-    return arr

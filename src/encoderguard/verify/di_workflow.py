@@ -103,7 +103,7 @@ def freeze_di(owner_checkpoint: Any, *, null_encoders: int = DEFAULT_NULL_ENCODE
     check = di.self_check(owner.encoder, budgets=budgets, repeats=repeats)
     copy = _copy_check(di, owner, data_dir=data_dir, loss=copy_loss, budget=copy_budget, epochs=copy_epochs,
                        progress=progress) if copy_check else None
-    if copy is not None and copy_out is not None:
+    if copy is not None and copy_out is not None and di.copy_encoder_ is not None:
         # the simulated copy as a checkpoint: `verify all` tests every method on it (OWNER/copy-check by default)
         from encoderguard.models.card import ModelCard
         from encoderguard.models.checkpoint import save_checkpoint

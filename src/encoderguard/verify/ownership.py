@@ -88,16 +88,14 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
         warnings += refs.check_owner(owner.card)
     data = owner.card.data or {}
     config = None
-    if data and data.get("split", "owner-train") == "owner-train":
-        from encoderguard.verify.di_config import FrozenDIConfig
-
-        config_path = Path(di_config) if di_config is not None else Path(owner_dir) / DI_CONFIG_FILE
-        config = FrozenDIConfig.load(config_path) if (di_config is not None or config_path.is_file()) else None
     prepared_di: Any = None
     di_error = ""
     if data and data.get("split", "owner-train") == "owner-train":
+        from encoderguard.verify.di_config import FrozenDIConfig
         from encoderguard.verify.di_workflow import prepare_di
 
+        config_path = Path(di_config) if di_config is not None else Path(owner_dir) / DI_CONFIG_FILE
+        config = FrozenDIConfig.load(config_path) if (di_config is not None or config_path.is_file()) else None
         try:
             prepared_di = prepare_di(owner, config=config, alpha=None if config is not None else alpha,
                                      data_dir=data_dir)

@@ -204,6 +204,29 @@ def prediction_p_value(suspect: float, references: Sequence[float], *, min_sd: f
     return float(_stats.t.sf(t, k - 1))
 
 
+def calibrated_accuracy_p_value(accuracy: float, references: Sequence[float], *, alpha: float, n: int,
+                                min_references: int = 3) -> tuple[float, str]:
+    """p-value of a suspect's accuracy on ``n`` items against reference models' accuracies on the same items.
+
+    The exact :func:`rank_p_value` when there are enough references for it to reach ``alpha``
+    (``K + 1 > 1 / alpha``); otherwise the random-effects :func:`prediction_p_value`, with the binomial standard
+    deviation at 0.5 (``sqrt(0.25 / n)``) as a floor on the between-model spread.
+
+    Returns:
+        ``(p, "rank" | "prediction")``, or ``(nan, "none")`` with fewer than ``min_references`` references.
+
+    Raises:
+        ValueError: ``n < 1`` or an invalid score (see the two tests).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if len(references) < min_references:
+        return math.nan, "none"
+    if len(references) + 1 > 1 / alpha:
+        return rank_p_value(accuracy, references), "rank"
+    return prediction_p_value(accuracy, references, min_sd=math.sqrt(0.25 / n)), "prediction"
+
+
 def holm_adjust(p_values: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (same order as given).
 

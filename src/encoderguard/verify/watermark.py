@@ -22,7 +22,6 @@ The verification set (images, angles, order) is drawn with the owner's secret ke
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,19 +33,19 @@ from torch import nn
 from encoderguard.api.protocol import EmbeddingAPI
 from encoderguard.data.image_set import ImageSet
 from encoderguard.data.splits import SplitSpec, load_split
-from encoderguard.errors import APIError, CheckpointError, DataError
+from encoderguard.errors import CheckpointError, DataError
 from encoderguard.models.card import ModelCard
 from encoderguard.models.checkpoint import Checkpoint, load_checkpoint
 from encoderguard.models.verify_key import VERIFY_KEY_FILE, VerifyKey
 from encoderguard.train.watermark_task import VerificationSeeds, verification_rotations
 from encoderguard.verify.alignment import ALIGNMENTS, fit_alignment
+from encoderguard.verify.answers import check_answers
 from encoderguard.verify.stats import (
     binomial_confidence_interval,
     binomial_test_greater,
     binomial_test_less,
+    calibrated_accuracy_p_value,
     min_successes_greater,
-    prediction_p_value,
-    rank_p_value,
 )
 from encoderguard.verify.verdict import Verdict, decide
 
@@ -280,7 +279,7 @@ class WatermarkVerifier:
         n = len(labels)
         before = int(api.queries_used)
         dim = self.card.embed_dim if self.align in ("none", "orthogonal") else int(api.dim)
-        answers = _check_answers(api.embed(batch), len(batch), dim, who)
+        answers = torch.from_numpy(check_answers(api.embed(batch), len(batch), dim=dim, who=who)).float()
         queries = int(api.queries_used) - before
         unshuffled = torch.empty_like(answers)
         unshuffled[order] = answers
@@ -324,18 +323,9 @@ class WatermarkVerifier:
         return len(self._prepared()[2])
 
     def calibrated_p(self, accuracy: float, references: Sequence[float]) -> tuple[float, str]:
-        """The calibrated p-value of an accuracy against the references' accuracies, and the test that gave it.
-
-        An exact rank test when there are enough references for it to reach ``alpha`` (``K + 1 > 1 / alpha``);
-        otherwise the random-effects prediction test, with the binomial standard deviation at 0.5 as a floor on
-        the between-model spread. ``(nan, "none")`` with fewer than ``MIN_REFERENCES``.
-        """
-        if len(references) < MIN_REFERENCES:
-            return math.nan, "none"
-        if len(references) + 1 > 1 / self.alpha:
-            return rank_p_value(accuracy, references), "rank"
-        floor = math.sqrt(0.25 / self.n_verify_actual)
-        return prediction_p_value(accuracy, references, min_sd=floor), "prediction"
+        """:func:`~encoderguard.verify.stats.calibrated_accuracy_p_value` at this test's alpha and size."""
+        return calibrated_accuracy_p_value(accuracy, references, alpha=self.alpha, n=self.n_verify_actual,
+                                           min_references=MIN_REFERENCES)
 
     # ------------------------------------------------------------------------------------------------ verify
     def verify(self, suspect_api: EmbeddingAPI) -> Verdict:
@@ -496,21 +486,6 @@ def _owner_parts(owner: str | os.PathLike[str] | Checkpoint | ModelCard, head: n
         raise CheckpointError("the owner's checkpoint carries no watermark head: train the owner with --watermark "
                               "(encoderguard train ... --watermark) to use this test")
     return card, head.eval(), encoder
-
-
-def _check_answers(answers: Any, n: int, d: int, who: str = "the suspect") -> torch.Tensor:
-    if not isinstance(answers, torch.Tensor):
-        raise APIError(f"{who} answered a {type(answers).__name__}, expected a tensor [{n}, {d}]")
-    if answers.dim() != 2 or answers.shape[0] != n:
-        raise APIError(f"{who} answered {list(answers.shape)} for {n} images, expected [{n}, {d}]")
-    if answers.shape[1] != d:
-        raise APIError(f"{who} answered {answers.shape[1]}-d representations, expected {d}-d")
-    answers = answers.detach().float().cpu()
-    bad = int((~torch.isfinite(answers)).any(dim=1).sum())
-    if bad:
-        raise APIError(f"{who} answered NaN or infinite values for {bad} of {n} images; the watermark test "
-                       "needs finite representations")
-    return answers
 
 
 def _mean(hits: torch.Tensor) -> float | None:
