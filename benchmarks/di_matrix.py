@@ -33,32 +33,11 @@ import numpy as np
 import torch
 
 from encoderguard.api import LocalAPI
+from encoderguard.api.transformed_api import TransformedAPI
 from encoderguard.models import load_checkpoint
 from encoderguard.train import encode
 from encoderguard.train.evaluate import random_init_like
 from encoderguard.verify.dataset_inference import DatasetInference, owner_data, split_budget
-
-
-class TransformedAPI:
-    """An EmbeddingAPI that rewrites another API's answers with a fixed map (a suspect hiding its output space)."""
-
-    def __init__(self, api: Any, transform: Any, dim: int) -> None:
-        self.api, self.transform, self._dim = api, transform, dim
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return self.api.input_shape
-
-    @property
-    def queries_used(self) -> int:
-        return int(self.api.queries_used)
-
-    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.transform(self.api.embed(inputs))
 
 
 def transforms(dim: int, seed: int = 0) -> dict[str, tuple[Any, int]]:
@@ -196,7 +175,7 @@ def main() -> None:
         for name, model in suspects.items():
             base = next(r for r in report["matrix"] if r["suspect"] == name)
             for tname, (fn, dim) in transforms(model.embed_dim).items():
-                v = di.verify(TransformedAPI(LocalAPI(model, key=name), fn, dim))
+                v = di.verify(TransformedAPI(LocalAPI(model, key=name), fn, dim=dim, name=tname))
                 row = {"suspect": name, "transform": tname, "verdict": v.verdict, "p_value": v.p_value,
                        "effect": v.effect, "unchanged": v.verdict == base["verdict"],
                        "p_abs_diff": abs(v.p_value - base["p_value"])}
