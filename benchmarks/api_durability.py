@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _api_common import default_checkpoint, images, make_key, start_server, wait_healthy  # noqa: E402
+from _api_common import default_checkpoint, images, make_key, start_server  # noqa: E402
 
 from encoderguard.api.ledger import Ledger  # noqa: E402
 from encoderguard.api.wire_format import encode_array  # noqa: E402
@@ -96,9 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     lock = threading.Lock()
     cycles = []
     for cycle in range(args.cycles):
-        proc, url = start_server(encoder_dir=encoder_dir, keys=keys_path, ledger=ledger_path,
-                                 log=work / "server.log")
-        wait_healthy(url)
+        server = start_server(encoder_dir=encoder_dir, keys=keys_path, ledger=ledger_path, log=work / "server.log")
+        proc, url = server.proc, server.url
         shape = tuple(httpx.get(f"{url}/v1/model", headers={"Authorization": f"Bearer {key}"}).json()["input_shape"])
         stop = threading.Event()
         loader = threading.Thread(target=load, args=(url, key, shape),
@@ -116,8 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
         cycles.append(report)
         print(f"cycle {cycle}: {report}", file=sys.stderr)
     # a last clean start proves the ledger still opens and serves after the kills
-    proc, url = start_server(encoder_dir=encoder_dir, keys=keys_path, ledger=ledger_path, log=work / "server.log")
-    wait_healthy(url)
+    server = start_server(encoder_dir=encoder_dir, keys=keys_path, ledger=ledger_path, log=work / "server.log")
+    proc, url = server.proc, server.url
     payload = encode_array(images(3, shape, seed=7, eight_bit=True), dtype="uint8")
     r = httpx.post(f"{url}/v1/embeddings", headers={"Authorization": f"Bearer {key}"}, json=payload)
     if r.status_code == 200:

@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _api_common import images, load_encoder_or_default, make_key, start_server, wait_healthy  # noqa: E402
+from _api_common import images, load_encoder_or_default, make_key, start_server  # noqa: E402
 
 from encoderguard.api.ledger import Ledger  # noqa: E402
 from encoderguard.api.wire_format import encode_array  # noqa: E402
@@ -101,10 +101,10 @@ def main(argv: list[str] | None = None) -> dict:
     names = [f"client{i}" for i in range(args.clients)]
     keys = {name: make_key(keys_path, name, quota=args.quota if i == 0 else None) for i, name in enumerate(names)}
     shape = tuple(load_encoder_or_default(args.encoder).input_shape)
-    proc, url = start_server(encoder_dir=args.encoder, keys=keys_path, ledger=ledger_path,
-                             extra=["--max-batch", str(MAX_BATCH), "--max-body-mb", str(MAX_BODY / 2**20)],
-                             log=work / "server.log")
-    wait_healthy(url)
+    server = start_server(encoder_dir=args.encoder, keys=keys_path, ledger=ledger_path,
+                          extra=["--max-batch", str(MAX_BATCH), "--max-body-mb", str(MAX_BODY / 2**20)],
+                          log=work / "server.log")
+    proc, url = server.proc, server.url
     records: list[tuple[str, str, int, int, float]] = []  # (client, kind, status, n, seconds)
     lock = threading.Lock()
     deadline = time.monotonic() + args.seconds

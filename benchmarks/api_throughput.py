@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="eg-bench-"))
     key = make_key(work / "keys.json", "bench")
     extra = ["--synchronous", args.synchronous] if args.encoder is None else []
-    proc, url = start_server(encoder_dir=args.encoder, keys=work / "keys.json", ledger=work / "ledger.sqlite",
-                             extra=extra, log=work / "server.log")
+    server = start_server(encoder_dir=args.encoder, keys=work / "keys.json", ledger=work / "ledger.sqlite",
+                          extra=extra, log=work / "server.log")
+    proc, url = server.proc, server.url
     result: dict = {"model": type(encoder).__name__, "params": n_params(encoder), "input_shape": list(shape),
                     "dim": local.dim, "batch": args.batch, "torch_threads": torch.get_num_threads(),
                     "ledger_synchronous": args.synchronous if args.encoder is None else "FULL", "cases": {}}

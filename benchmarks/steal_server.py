@@ -1,24 +1,18 @@
-"""Shared helper of the stealing benchmarks: serve a victim over HTTP with ``encoderguard serve`` in a subprocess."""
+"""Shared helpers of the stealing benchmarks: serve a victim over HTTP (``encoderguard serve`` in a subprocess), add
+keys and read the ledger through the CLI."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from encoderguard.api.launcher import launch_server
+
 EG = str(Path(sys.executable).with_name("encoderguard"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def add_key(keys: Path, name: str, quota: int | None = None) -> str:
@@ -37,31 +31,6 @@ def ledger_queries(ledger: Path) -> dict[str, int]:
 
 @contextmanager
 def served(victim: str, keys: Path, ledger: Path) -> Iterator[str]:
-    """Run ``encoderguard serve`` for the duration of the block; yields its URL."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "ENCODERGUARD_NO_PROGRESS": "1"}
-    log = open(ledger.with_suffix(".server.log"), "w")
-    proc = subprocess.Popen([EG, "serve", "--encoder", victim, "--port", str(port), "--keys", str(keys),
-                             "--ledger", str(ledger)], env=env, stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        import httpx
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start: see {log.name}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    """Run ``encoderguard serve`` for the duration of the block (log beside the ledger); yields its URL."""
+    with launch_server(victim, keys=keys, ledger=ledger, log=ledger.with_suffix(".server.log"), timeout=60) as server:
+        yield server.url

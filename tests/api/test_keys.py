@@ -27,17 +27,21 @@ def test_the_file_never_holds_the_plaintext_key(store: KeyStore) -> None:
     assert secret not in text and key not in text
     entry = json.loads(text)["keys"][key_id]
     assert entry["name"] == "alice" and entry["quota"] == 100 and entry["rate"] == 5.0
-    assert len(bytes.fromhex(entry["salt"])) == 16 and len(bytes.fromhex(entry["hash"])) == 32
-    assert entry["kdf"]["name"] == "scrypt"
+    assert len(bytes.fromhex(entry["hash"])) == 32
+    assert entry["kdf"] == {"name": "hmac-sha256"}
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(store.pepper_path).st_mode) == 0o600
     assert [p.name for p in store.path.parent.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_salts_differ_between_keys(store: KeyStore) -> None:
-    store.add(name="a")
+def test_hashes_differ_between_keys_and_depend_on_the_pepper(store: KeyStore) -> None:
+    _, key = store.add(name="a")
     store.add(name="b")
     entries = json.loads(store.path.read_text())["keys"].values()
-    assert len({e["salt"] for e in entries}) == 2
+    assert len({e["hash"] for e in entries}) == 2
+    store.pepper_path.write_text("00" * 32 + "\n")  # another pepper: the stored hashes no longer match
+    with pytest.raises(APIError, match="invalid API key"):
+        KeyStore(store.path).authenticate(key)
 
 
 def test_authenticate(store: KeyStore) -> None:
@@ -56,17 +60,25 @@ def test_authenticate(store: KeyStore) -> None:
         assert info.value.status == 401
 
 
-def test_verified_keys_skip_the_kdf(store: KeyStore, monkeypatch) -> None:
-    _, key = store.add(name="alice")
+def test_scrypt_entries_of_version_1_files_still_work_and_are_rewritten(store: KeyStore, monkeypatch) -> None:
+    salt = bytes(range(16))
+    secret = "S" * 43
+    entry = {"name": "old", "quota": None, "rate": None, "created": "2026-01-01T00:00:00+00:00", "revoked": None,
+             "kdf": {"name": "scrypt", "n": TEST_KDF_N, "r": 8, "p": 1}, "salt": salt.hex(),
+             "hash": keys_module._kdf(secret, salt, TEST_KDF_N, 8, 1).hex()}
+    store.path.write_text(json.dumps({"format": "encoderguard-keys", "version": 1, "keys": {"0badc0de": entry}}))
     calls = []
     real = keys_module._kdf
     monkeypatch.setattr(keys_module, "_kdf", lambda *a: calls.append(1) or real(*a))
-    for _ in range(5):
-        store.authenticate(key)
-    assert len(calls) == 1
-    with pytest.raises(APIError):
-        store.authenticate(key[:-2] + ("zz" if not key.endswith("zz") else "yy"))
-    assert len(calls) == 2  # a different secret for the same id is checked in full
+    with pytest.raises(APIError, match="invalid API key"):
+        store.authenticate("eg_0badc0de_" + "T" * 43)
+    assert store.authenticate("eg_0badc0de_" + secret).name == "old"
+    rewritten = json.loads(store.path.read_text())
+    assert rewritten["version"] == 2 and rewritten["keys"]["0badc0de"]["kdf"] == {"name": "hmac-sha256"}
+    assert "salt" not in rewritten["keys"]["0badc0de"]
+    for _ in range(3):
+        assert KeyStore(store.path).authenticate("eg_0badc0de_" + secret).name == "old"
+    assert len(calls) == 2  # the wrong secret and the first good one; after the rewrite, no scrypt at all
 
 
 def test_revoke_is_seen_by_a_running_store(store: KeyStore, tmp_path) -> None:

@@ -37,7 +37,7 @@ def test_reopening_keeps_one_version_row_and_newer_schemas_are_refused(tmp_path)
     conn.execute("UPDATE schema_version SET version = 99")
     conn.commit()
     conn.close()
-    with pytest.raises(EncoderGuardError, match="schema version 99; this build knows up to 1"):
+    with pytest.raises(EncoderGuardError, match=f"schema version 99; this build knows up to {SCHEMA_VERSION}"):
         Ledger(path)
 
 

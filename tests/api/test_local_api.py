@@ -64,9 +64,9 @@ def test_counts_answered_images_only(encoder: TinyEncoder) -> None:
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        (torch.zeros((2, *INPUT_SHAPE), dtype=torch.uint8), "floating-point dtype"),
+        (torch.zeros((2, *INPUT_SHAPE), dtype=torch.int64), "floating-point dtype"),
         (torch.zeros((2, 3, 8, 8)), "shape [N, 1, 8, 8]"),
-        (torch.zeros((1, 8, 8)), "shape [N, 1, 8, 8]"),
+        (torch.zeros((2, 8, 8)), "shape [N, 1, 8, 8]"),
         (torch.zeros((0, *INPUT_SHAPE)), "empty batch"),
         (torch.full((2, *INPUT_SHAPE), float("nan")), "NaN or infinite"),
         (torch.full((2, *INPUT_SHAPE), float("inf")), "NaN or infinite"),
@@ -90,6 +90,39 @@ def test_accepts_numpy_and_float64(encoder: TinyEncoder) -> None:
     ref = api.embed(x)
     torch.testing.assert_close(api.embed(x.numpy()), ref)
     torch.testing.assert_close(api.embed(x.double()), ref)
+
+
+def test_accepts_uint8_and_a_single_image_like_the_http_api(encoder: TinyEncoder) -> None:
+    api = LocalAPI(encoder)
+    x = images(3, uint8=True)  # exact multiples of 1/255
+    ref = api.embed(x)
+    pixels = torch.round(x * 255).to(torch.uint8)
+    torch.testing.assert_close(api.embed(pixels), ref, rtol=0, atol=0)  # scaled by 1/255 as on the uint8 wire
+    torch.testing.assert_close(api.embed(pixels.numpy()), ref, rtol=0, atol=0)
+    one = api.embed(x[1])  # [C, H, W]: a batch of one
+    assert one.shape == (1, DIM)
+    torch.testing.assert_close(one, ref[1:2])
+    torch.testing.assert_close(api.embed(pixels[2]), ref[2:3], rtol=0, atol=0)
+    torch.testing.assert_close(api.embed(x[0].numpy()), ref[0:1])
+    assert api.queries_used == 3 + 3 + 3 + 3
+
+
+@pytest.mark.parametrize("output", [
+    lambda z: {"last_hidden_state": z, "pooler_output": z},
+    lambda z: (z, z),
+])
+def test_an_encoder_returning_several_outputs_gets_a_clear_error(output) -> None:
+    class HFStyle(TinyEncoder):
+        def forward(self, x: torch.Tensor):  # type: ignore[override]
+            return output(super().forward(x))
+
+    api = LocalAPI(HFStyle())
+    contract = r"not a tensor: an encoder must map \[N, C, H, W\] images to one tensor"
+    with pytest.raises(APIError, match=contract) as info:
+        api.embed(images(2))
+    assert info.value.status == 500 and api.queries_used == 0
+    if isinstance(output(torch.zeros(1)), dict):
+        assert "pooler_output" in str(info.value)
 
 
 def test_applies_defences_in_order_with_the_key(encoder: TinyEncoder) -> None:
@@ -153,7 +186,7 @@ def test_the_package_imports_without_the_server_extra() -> None:
         "try:\n"
         "    api.create_app\n"
         "except ImportError as exc:\n"
-        "    assert 'server extra' in str(exc), exc\n"
+        "    assert \"pip install 'encoderguard[server]'\" in str(exc), exc\n"
         "else:\n"
         "    raise AssertionError('create_app imported without fastapi')\n"
     )

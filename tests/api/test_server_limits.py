@@ -22,7 +22,7 @@ def post(client, key: str | None, n: int = 2, seed: int = 0):
     ("headers", "message"),
     [
         ({}, "missing API key"),
-        ({"Authorization": "Basic abc"}, "missing API key"),
+        ({"Authorization": "Basic abc"}, "unsupported authorization scheme 'Basic'"),
         ({"Authorization": "Bearer nonsense"}, "malformed API key"),
         ({"Authorization": "Bearer eg_00000000_" + "A" * 43}, "invalid API key"),
     ],

@@ -129,8 +129,9 @@ def test_png_upload_matches_the_uint8_path(client, served) -> None:
 @pytest.mark.parametrize(
     ("body", "content_type", "status", "message"),
     [
-        (b"garbage", "multipart/form-data", 400, "malformed multipart body: Missing boundary"),
-        (b"--xyz\r\nnonsense", "multipart/form-data; boundary=xyz", 422, "no PNG in the form field 'files'"),
+        (b"garbage", "multipart/form-data", 400, "malformed multipart body: the Content-Type has no boundary"),
+        (b"--xyz\r\nnonsense", "multipart/form-data; boundary=xyz", 400, "the closing boundary is missing"),
+        (b"--xyz--\r\n", "multipart/form-data; boundary=xyz", 422, "no PNG in the form field 'files'"),
     ],
 )
 def test_malformed_multipart_is_a_4xx(client, served, body, content_type, status, message) -> None:

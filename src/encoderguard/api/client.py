@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -19,11 +21,19 @@ from encoderguard.errors import APIError
 if TYPE_CHECKING:
     import httpx
 
+    from encoderguard.api.upstream_api import UpstreamAPI
+
 _JSON_OVERHEAD = 512  # bytes of a request body besides the base64 data
+_MAX_TRACKED_BODIES = 1_000_000  # body digests remembered for the occurrence count (~100 bytes each)
 
 
 class HTTPEmbeddingAPI:
-    """Client of an encoderguard embedding server (``encoderguard serve``).
+    """Client of an embedding server: ``encoderguard serve`` (or ``proxy``), or a foreign endpoint.
+
+    With ``api_format`` other than ``"encoderguard"`` (``"openai"``, ``"kserve"``; see
+    :mod:`encoderguard.api.adapter_registry`), requests go through :class:`~encoderguard.api.UpstreamAPI` in that
+    wire format, with its retries (connection errors, 5xx, 429 with ``Retry-After``); everything below about
+    ``/v1/model``, quotas and idempotency keys is encoderguard's own format only.
 
     Batches larger than ``batch_size`` (or than the server's limits, read from ``GET /v1/model``) are split.
     Rate-limit answers (429 with ``Retry-After``), server errors (5xx) and connection errors are retried up to
@@ -32,8 +42,11 @@ class HTTPEmbeddingAPI:
     problem: an exhausted quota, a bad key (401), an input the server refused (4xx). Images that are exactly
     ``k / 255`` go on the wire as uint8 (lossless, 4x smaller).
 
-    Note: a retry after a lost answer (timeout, dropped connection) may be charged twice if the server
-    committed the first attempt before the connection failed.
+    Every batch is sent with an ``Idempotency-Key`` derived from the SHA-256 of its body and how many times this
+    client has sent that body before, so a retry after a lost answer (timeout, dropped connection), or a rerun of a
+    killed process sending the same batches again, gets the server's stored answer for free instead of paying twice
+    (within the server's retention, 24 h by default), while a batch this client deliberately sends a second time is a
+    new query.
 
     Args:
         url: base URL, e.g. ``http://127.0.0.1:8000``.
@@ -44,9 +57,13 @@ class HTTPEmbeddingAPI:
         backoff: base delay in seconds of the exponential backoff.
         max_retry_after: longest ``Retry-After`` (seconds) worth waiting for; longer raises instead.
         transport: an ``httpx`` transport (e.g. ``httpx.MockTransport`` in tests); default: real HTTP.
+        idempotency_keys: send ``Idempotency-Key`` headers (``False``: every request is a new, paid query).
+        api_format: the endpoint's wire format (default ``"encoderguard"``).
+        input_shape: ``(C, H, W)`` of a foreign endpoint that does not describe its model (``openai``).
+        model: the model name of formats that send one (``openai``).
 
     Raises:
-        ValueError: for a bad setting.
+        ValueError: for a bad setting or an unknown ``api_format`` (listing the formats).
         ImportError: if httpx is not installed (``pip install 'encoderguard[server]'``).
     """
 
@@ -61,6 +78,10 @@ class HTTPEmbeddingAPI:
         backoff: float = 0.5,
         max_retry_after: float = 60.0,
         transport: httpx.BaseTransport | None = None,
+        idempotency_keys: bool = True,
+        api_format: str = "encoderguard",
+        input_shape: tuple[int, int, int] | None = None,
+        model: str | None = None,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {url!r}")
@@ -76,10 +97,17 @@ class HTTPEmbeddingAPI:
             raise ValueError(f"backoff must be >= 0 seconds, got {backoff!r}")
         if not max_retry_after >= 0:
             raise ValueError(f"max_retry_after must be >= 0 seconds, got {max_retry_after!r}")
-        try:
-            import httpx
-        except ImportError as exc:  # pragma: no cover - httpx is in the server extra
-            raise ImportError("HTTPEmbeddingAPI needs httpx: pip install 'encoderguard[server]'") from exc
+        self.api_format = api_format
+        self._foreign: UpstreamAPI | None = None
+        if api_format != "encoderguard":
+            from encoderguard.api.upstream_api import UpstreamAPI
+
+            self._foreign = UpstreamAPI(url, api_format=api_format, key=key, input_shape=input_shape, model=model,
+                                        batch_size=batch_size, timeout=timeout, max_retries=max_retries,
+                                        backoff=backoff, max_retry_after=max_retry_after, transport=transport)
+        from encoderguard.optional import require
+
+        httpx = require("httpx", purpose="HTTPEmbeddingAPI")
         self.url = url.rstrip("/")
         self.batch_size = batch_size
         self.max_retries = max_retries
@@ -98,23 +126,29 @@ class HTTPEmbeddingAPI:
         """The server's count of images left under this key's quota after the last answer (``None``: unlimited
         or not yet known)."""
         self._sleep: Callable[[float], None] = time.sleep
+        self.idempotency_keys = bool(idempotency_keys)
+        self._sent: OrderedDict[str, int] = OrderedDict()  # body digest -> times sent (bounded, oldest dropped)
 
     # -- EmbeddingAPI ----------------------------------------------------------------------------------------
     @property
     def dim(self) -> int:
         """Size ``D`` of the embeddings (asks the server once)."""
+        if self._foreign is not None:
+            return self._foreign.dim
         return int(self.model_info()["dim"])
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` the server accepts (asks the server once)."""
+        if self._foreign is not None:
+            return self._foreign.input_shape
         c, h, w = (int(v) for v in self.model_info()["input_shape"])
         return c, h, w
 
     @property
     def queries_used(self) -> int:
         """Images this client has been answered (paid for)."""
-        return self._queries_used
+        return self._foreign.queries_used if self._foreign is not None else self._queries_used
 
     def embed(self, inputs: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Embed a batch over HTTP.
@@ -131,6 +165,8 @@ class HTTPEmbeddingAPI:
                 one.
         """
         batch = validate_inputs(inputs, self.input_shape)
+        if self._foreign is not None:
+            return self._foreign.embed(batch)
         info = self.model_info()
         chunk = self._chunk_size(info, wire_dtype="uint8" if is_uint8_exact(batch) else "float32")
         parts = [self._embed_chunk(batch[i : i + chunk]) for i in range(0, batch.shape[0], chunk)]
@@ -138,7 +174,10 @@ class HTTPEmbeddingAPI:
 
     # -- extras ----------------------------------------------------------------------------------------------
     def model_info(self) -> dict[str, Any]:
-        """The server's ``GET /v1/model`` answer (fetched once, then cached)."""
+        """The server's ``GET /v1/model`` answer (fetched once, then cached); for a foreign format, only
+        ``dim``, ``input_shape`` and ``api_format``."""
+        if self._foreign is not None:
+            return {"dim": self.dim, "input_shape": list(self.input_shape), "api_format": self.api_format}
         if self._info is None:
             info = self._request("GET", "/v1/model")
             if not isinstance(info, dict) or "dim" not in info or "input_shape" not in info:
@@ -150,6 +189,8 @@ class HTTPEmbeddingAPI:
     def close(self) -> None:
         """Close the connection pool."""
         self._client.close()
+        if self._foreign is not None:
+            self._foreign.close()
 
     def __enter__(self) -> HTTPEmbeddingAPI:
         return self
@@ -178,9 +219,15 @@ class HTTPEmbeddingAPI:
         n = int(batch.shape[0])
         wire = "uint8" if is_uint8_exact(batch) else "float32"
         body = json.dumps(encode_array(batch, dtype=wire)).encode()
-        payload = self._request(
-            "POST", "/v1/embeddings", content=body, headers={"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json"}
+        if self.idempotency_keys:
+            digest = hashlib.sha256(body).hexdigest()
+            occurrence = self._sent.pop(digest, 0)
+            self._sent[digest] = occurrence + 1
+            if len(self._sent) > _MAX_TRACKED_BODIES:
+                self._sent.popitem(last=False)
+            headers["Idempotency-Key"] = idempotency_key(body, occurrence)
+        payload = self._request("POST", "/v1/embeddings", content=body, headers=headers)
         embeddings = decode_embeddings(payload, n=n, dim=self.dim)
         self._queries_used += n
         self.queries_remaining = payload.get("queries_remaining")
@@ -209,7 +256,7 @@ class HTTPEmbeddingAPI:
                 last, last_status = f"{method} {path} failed with HTTP {status}: {detail}", status
                 rate_limited = (
                     status == 429
-                    and code != "quota_exceeded"
+                    and code not in ("quota_exceeded", "too_many_auth_failures")
                     and (retry_after is not None or code == "rate_limited")
                 )
                 if rate_limited and retry_after is not None:
@@ -224,6 +271,15 @@ class HTTPEmbeddingAPI:
             if attempt < self.max_retries:
                 self._sleep(delay)
         raise APIError(f"gave up after {self.max_retries} retries: {last}", status=last_status)
+
+
+def idempotency_key(body: bytes, occurrence: int = 0) -> str:
+    """The ``Idempotency-Key`` of the ``occurrence``-th sending (from 0) of a request body by one client.
+
+    Deterministic, so a process that is killed and rerun sends its batches under the keys it used before.
+    """
+    suffix = f"-{occurrence}" if occurrence else ""
+    return "eg-sha256-" + hashlib.sha256(body).hexdigest() + suffix
 
 
 def _error_fields(response: httpx.Response) -> tuple[str, str | None, float | None]:
@@ -253,6 +309,6 @@ def _error_fields(response: httpx.Response) -> tuple[str, str | None, float | No
 def _explain(status: int, code: str | None, detail: str) -> str:
     if code == "quota_exceeded":
         return f"quota exhausted, not retrying: {detail}"
-    if status == 401:
+    if status == 401 or code == "too_many_auth_failures":
         return f"authentication failed (check the API key): {detail}"
     return f"request refused with HTTP {status}: {detail}"

@@ -18,6 +18,32 @@ from encoderguard.errors import APIError
 INVALID_INPUT_STATUS = 422
 
 
+def as_image_batch(inputs: torch.Tensor | np.ndarray, input_shape: Sequence[int]) -> torch.Tensor | np.ndarray:
+    """Bring the image layouts a caller may naturally hold into the contract's float ``[N, C, H, W]``.
+
+    uint8 images (``0..255``) are scaled by ``1/255``, exactly as the HTTP wire format's ``uint8`` dtype is, and
+    one image ``[C, H, W]`` matching ``input_shape`` becomes a batch of one. Anything else is returned unchanged
+    for :func:`validate_inputs` to judge.
+
+    Args:
+        inputs: images ``[N, C, H, W]`` or one image ``[C, H, W]``, float in ``[0, 1]`` or uint8.
+        input_shape: the encoder's ``(C, H, W)``.
+
+    Returns:
+        ``inputs`` as ``[N, C, H, W]``, float32 where it was uint8.
+    """
+    if isinstance(inputs, np.ndarray) and inputs.dtype == np.uint8:
+        inputs = torch.from_numpy(inputs)
+    if isinstance(inputs, torch.Tensor):
+        if inputs.dtype == torch.uint8:
+            inputs = inputs.to(torch.float32).div_(255.0)
+        if inputs.dim() == 3 and tuple(inputs.shape) == tuple(int(v) for v in input_shape):
+            inputs = inputs.unsqueeze(0)
+    elif isinstance(inputs, np.ndarray) and inputs.ndim == 3 and inputs.shape == tuple(int(v) for v in input_shape):
+        inputs = inputs[None]
+    return inputs
+
+
 def validate_inputs(
     inputs: torch.Tensor | np.ndarray, input_shape: Sequence[int], *, max_batch: int | None = None
 ) -> torch.Tensor:
@@ -74,6 +100,7 @@ def validate_inputs(
         raise APIError(f"inputs contain {bad} NaN or infinite values", status=INVALID_INPUT_STATUS)
     if low < 0.0 or high > 1.0:
         raise APIError(
-            f"input values must lie in [0, 1], got min {low:.4g} and max {high:.4g}", status=INVALID_INPUT_STATUS
+            f"input values must lie in [0, 1], got min {np.float32(low)!s} and max {np.float32(high)!s}",
+            status=INVALID_INPUT_STATUS,
         )
     return inputs

@@ -1,10 +1,19 @@
 """API keys: issue, revoke, list and authenticate, backed by a JSON file that never holds a plaintext key.
 
 A key reads ``eg_<key_id>_<secret>``: ``key_id`` (8 hex characters) is public and indexes the file, so a
-lookup is one dict access; ``secret`` (``secrets.token_urlsafe(32)``, 256 bits) is stored only as a salted
-scrypt hash and checked with :func:`hmac.compare_digest`. Because the secret is random rather than chosen by a
-person, the KDF cost is not what protects it; a modest cost keeps a leaked keys file useless, and a
-per-process cache of verified keys keeps every request after the first at one SHA-256.
+lookup is one dict access; ``secret`` (``secrets.token_urlsafe(32)``, 256 bits) is stored only as
+``HMAC-SHA256(pepper, key_id ":" secret)``, where the pepper is 32 random bytes kept in a separate ``0600`` file
+next to the keys file (``<keys>.pepper``), and compared with :func:`hmac.compare_digest`. Because the secret is
+random rather than chosen by a person, a slow KDF protects nothing that a keyed hash does not, while it hands
+anyone who knows a key id (ids are public) a way to make the server burn CPU and to tell known ids from unknown
+ones by timing: an unknown id is checked against a dummy hash, so both cost one HMAC (about a microsecond).
+
+Files written by earlier versions hold salted scrypt hashes (``"kdf": {"name": "scrypt", ...}``); they are still
+accepted, and an entry is rewritten as an HMAC entry the first time its key authenticates.
+
+Every entry is validated when the file is loaded: a malformed one (bad salt, missing ``kdf``, ``quota: -1``,
+``rate: 0``, no ``name`` ...) is refused with a one-line message naming the file, the key and the field, so a
+server never starts on a file it cannot serve.
 
 The file is rewritten atomically (temporary file, ``fsync``, ``os.replace``) under an advisory lock, and a
 server notices a rewrite on its next request, so ``encoderguard keys revoke`` takes effect without a restart.
@@ -28,15 +37,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from encoderguard.api.key_entries import _HEX64_RE, _NAME_RE, HMAC_KDF, SCRYPT_KDF, entry_problem
 from encoderguard.errors import APIError, EncoderGuardError
 
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "eg"
 FILE_FORMAT = "encoderguard-keys"
-FILE_VERSION = 1
+FILE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+PEPPER_SUFFIX = ".pepper"
 _KEY_RE = re.compile(r"^eg_([0-9a-f]{8})_([A-Za-z0-9_-]{16,128})$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,99}$")
 UNAUTHORIZED = 401
 
 
@@ -73,8 +84,9 @@ class KeyStore:
     """The keys file.
 
     Args:
-        path: JSON keys file; created by the first :meth:`add`.
-        kdf_n: scrypt cost parameter ``N`` for new keys (power of two, >= 2); existing keys keep theirs.
+        path: JSON keys file; created by the first :meth:`add`, with its pepper file ``<path>.pepper``.
+        kdf_n: kept for compatibility with files of earlier versions (scrypt cost of their entries is read from
+            the file); new keys are stored as keyed hashes and do not use it. Must be a power of two >= 2.
 
     Raises:
         ValueError: if ``kdf_n`` is not a power of two >= 2.
@@ -88,7 +100,15 @@ class KeyStore:
         self._lock = threading.Lock()
         self._entries: dict[str, dict[str, Any]] = {}
         self._stamp: tuple[int, int, int] | None = None
-        self._verified: dict[str, bytes] = {}  # key_id -> sha256(presented key), filled after a KDF check
+        self._pepper: bytes | None = None
+        self._dummy = hmac.new(b"\0" * 32, b"unknown", hashlib.sha256).digest()
+        self._verified: dict[str, bytes] = {}  # legacy scrypt entries only: key_id -> sha256(presented key)
+        self._migrate_failed: set[str] = set()
+
+    @property
+    def pepper_path(self) -> Path:
+        """The file holding the server-side pepper of the keyed hashes (``0600``, next to the keys file)."""
+        return self.path.with_name(self.path.name + PEPPER_SUFFIX)
 
     # -- owner operations (CLI) ------------------------------------------------------------------------------
     def add(self, *, name: str, quota: int | None = None, rate: float | None = None) -> tuple[KeyRecord, str]:
@@ -130,16 +150,15 @@ class KeyStore:
             while key_id in entries:
                 key_id = secrets.token_hex(4)
             secret = secrets.token_urlsafe(32)
-            salt = secrets.token_bytes(16)
+            pepper = self._load_pepper(create=True)
             entries[key_id] = {
                 "name": name,
                 "quota": quota,
                 "rate": None if rate is None else float(rate),
                 "created": _now(),
                 "revoked": None,
-                "kdf": {"name": "scrypt", "n": self.kdf_n, "r": 8, "p": 1},
-                "salt": salt.hex(),
-                "hash": _kdf(secret, salt, self.kdf_n, 8, 1).hex(),
+                "kdf": {"name": HMAC_KDF},
+                "hash": _keyed_hash(pepper, key_id, secret).hex(),
             }
             self._write(entries)
         return _record(key_id, entries[key_id]), f"{KEY_PREFIX}_{key_id}_{secret}"
@@ -172,6 +191,17 @@ class KeyStore:
         return [_record(k, e) for k, e in entries.items()]
 
     # -- server operations -----------------------------------------------------------------------------------
+    def load(self) -> list[KeyRecord]:
+        """Load and validate the whole file (and its pepper) now, as a server does at start-up.
+
+        Raises:
+            EncoderGuardError: naming the file, the key and the field of the first bad entry.
+        """
+        if not self.path.is_file():
+            raise EncoderGuardError(f"keys file {self.path} does not exist")
+        self._refresh()
+        return [_record(k, e) for k, e in self._entries.items()]
+
     def authenticate(self, presented: str | None) -> KeyRecord:
         """Return the record of an active key whose secret matches, reloading the file if it changed.
 
@@ -186,8 +216,22 @@ class KeyStore:
         key_id, secret = match.groups()
         self._refresh()
         entry = self._entries.get(key_id)
-        if entry is None:
-            raise APIError("invalid API key", status=UNAUTHORIZED)
+        if entry is None or entry["kdf"]["name"] == HMAC_KDF:
+            # An unknown id costs the same keyed hash and comparison as a known one: no timing oracle.
+            pepper = self._pepper if self._pepper is not None else b"\0" * 32
+            expected = bytes.fromhex(entry["hash"]) if entry is not None else self._dummy
+            ok = hmac.compare_digest(_keyed_hash(pepper, key_id, secret), expected)
+            if entry is None or not ok:
+                raise APIError("invalid API key", status=UNAUTHORIZED)
+        else:
+            self._check_legacy(key_id, entry, presented, secret)
+        record = _record(key_id, entry)
+        if not record.active:  # said only to a holder of the secret
+            raise APIError(f"API key {key_id} was revoked on {record.revoked}", status=UNAUTHORIZED)
+        return record
+
+    def _check_legacy(self, key_id: str, entry: dict[str, Any], presented: str, secret: str) -> None:
+        """Verify a scrypt entry of an earlier version, then rewrite it as a keyed hash (once)."""
         fingerprint = hashlib.sha256(presented.encode()).digest()
         cached = self._verified.get(key_id)
         if cached is None or not hmac.compare_digest(cached, fingerprint):
@@ -196,10 +240,58 @@ class KeyStore:
             if not hmac.compare_digest(digest, bytes.fromhex(entry["hash"])):
                 raise APIError("invalid API key", status=UNAUTHORIZED)
             self._verified[key_id] = fingerprint
-        record = _record(key_id, entry)
-        if not record.active:  # said only to a holder of the secret
-            raise APIError(f"API key {key_id} was revoked on {record.revoked}", status=UNAUTHORIZED)
-        return record
+        if key_id not in self._migrate_failed:
+            try:
+                self.migrate(key_id, secret)
+            except (OSError, EncoderGuardError) as exc:  # e.g. a read-only keys file: keep serving the old hash
+                self._migrate_failed.add(key_id)
+                logger.warning("cannot rewrite key %s as a keyed hash: %s", key_id, exc)
+
+    def migrate(self, key_id: str, secret: str) -> bool:
+        """Rewrite the scrypt entry ``key_id`` as a keyed-hash entry, given its (verified) secret.
+
+        Returns:
+            Whether the entry was rewritten (``False``: it was no longer a scrypt entry).
+        """
+        with self._file_lock():
+            entries = self._read()
+            entry = entries.get(key_id)
+            if entry is None or entry["kdf"]["name"] != SCRYPT_KDF:
+                return False
+            pepper = self._load_pepper(create=True)
+            entry = {k: v for k, v in entry.items() if k != "salt"}
+            entry["kdf"] = {"name": HMAC_KDF}
+            entry["hash"] = _keyed_hash(pepper, key_id, secret).hex()
+            entries[key_id] = entry
+            self._write(entries)
+        logger.info("key %s rewritten from scrypt to a keyed hash", key_id)
+        return True
+
+    def _load_pepper(self, *, create: bool = False) -> bytes:
+        """Read the pepper file (creating it, ``0600``, when ``create`` and it is missing)."""
+        path = self.pepper_path
+        if not path.exists():
+            if not create:
+                raise EncoderGuardError(
+                    f"keys file {self.path}: pepper file {path} is missing; the keyed hashes cannot be checked "
+                    "without it (restore it, or issue new keys into a new keys file)"
+                )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(secrets.token_bytes(32).hex() + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            _fsync_dir(path.parent)
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EncoderGuardError(f"cannot read pepper file {path}: {exc}") from None
+        if not _HEX64_RE.match(text):
+            raise EncoderGuardError(f"pepper file {path} must hold 64 hex characters (32 bytes)")
+        if os.stat(path).st_mode & 0o077:
+            logger.warning("pepper file %s is readable by other users; chmod 600 it", path)
+        return bytes.fromhex(text)
 
     def _refresh(self) -> None:
         try:
@@ -221,6 +313,14 @@ class KeyStore:
                     raise
                 logger.error("keeping the previous keys: %s", exc)
                 return
+            if self._pepper is None and any(e["kdf"]["name"] == HMAC_KDF for e in entries.values()):
+                try:
+                    self._pepper = self._load_pepper()
+                except EncoderGuardError as exc:
+                    if self._stamp is None:
+                        raise
+                    logger.error("keeping the previous keys: %s", exc)
+                    return
             self._entries, self._stamp, self._verified = entries, stamp, {}
 
     # -- file handling ---------------------------------------------------------------------------------------
@@ -233,14 +333,24 @@ class KeyStore:
             raise EncoderGuardError(f"cannot read keys file {self.path}: {exc}") from None
         if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
             raise EncoderGuardError(f"{self.path} is not an encoderguard keys file")
-        if payload.get("version") != FILE_VERSION:
+        if payload.get("version") not in READABLE_VERSIONS:
             raise EncoderGuardError(
                 f"keys file {self.path} has version {payload.get('version')!r}; "
-                f"this build reads {FILE_VERSION}"
+                f"this build reads {' and '.join(map(str, READABLE_VERSIONS))}"
             )
         keys = payload.get("keys")
         if not isinstance(keys, dict):
             raise EncoderGuardError(f"keys file {self.path} has no 'keys' object")
+        for key_id, entry in keys.items():
+            problem = entry_problem(key_id, entry)
+            if problem:
+                raise EncoderGuardError(f"keys file {self.path}: key {key_id!r}: {problem}")
+        names = [e["name"] for e in keys.values() if e.get("revoked") is None]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise EncoderGuardError(
+                f"keys file {self.path}: field 'name': {duplicates[0]!r} names more than one active key"
+            )
         return keys
 
     def _write(self, entries: dict[str, dict[str, Any]]) -> None:
@@ -279,6 +389,10 @@ class KeyStore:
                 yield
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _keyed_hash(pepper: bytes, key_id: str, secret: str) -> bytes:
+    return hmac.new(pepper, f"{key_id}:{secret}".encode(), hashlib.sha256).digest()
 
 
 def _record(key_id: str, entry: dict[str, Any]) -> KeyRecord:

@@ -10,100 +10,86 @@ The SQL is kept portable (``ON CONFLICT ... DO UPDATE`` upserts, text ids made b
 ``AUTOINCREMENT`` or ``INSERT OR ...``) so that PostgreSQL can replace SQLite when the API runs behind several
 workers; the differences left are the ``?`` placeholder style, ``BLOB`` (``BYTEA``) and ``BEGIN IMMEDIATE``
 (``SELECT ... FOR UPDATE`` on the ``key_usage`` row).
+
+The same class opens a PostgreSQL ledger when given a ``postgresql://`` URL instead of a path
+(:class:`~encoderguard.api.postgres_ledger.PostgresLedger`): same schema, same statements, same semantics, for
+several server processes or hosts that must share one set of quotas and defence state.
+
+A ledger is marked as such (``PRAGMA application_id`` and the ``schema_version`` table): any other SQLite file is
+refused rather than given the ledger's tables. New files (and their ``-wal``/``-shm``, which SQLite creates with the
+database's mode) are ``0600``: they hold key ids, names and input digests. ``read_only=True`` opens the file with a
+``mode=ro`` URI, takes no write lock and changes nothing (for ``encoderguard ledger``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from encoderguard.api.ledger_schema import (
+    _INSERT_REQUEST,
+    _MIGRATIONS,
+    _SCHEMA,
+    _UPSERT_USAGE,
+    ACCEPTED,
+    APPLICATION_ID,
+    LEDGER_TABLES,
+    SCHEMA_VERSION,
+    SYNCHRONOUS_MODES,
+    Charge,
+    Idempotency,
+)
 from encoderguard.errors import EncoderGuardError
 
-SCHEMA_VERSION = 1
-SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
-ACCEPTED = 200
+__all__ = ["ACCEPTED", "APPLICATION_ID", "SCHEMA_VERSION", "SYNCHRONOUS_MODES", "Charge", "Idempotency", "Ledger",
+           "LedgerUnavailableError", "is_postgres_url"]
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
-    # One row per authenticated request, answered or rejected. Rejected rows have n_images = 0, so that
-    # SUM(n_images) is the usage whatever the status filter.
-    """CREATE TABLE IF NOT EXISTS requests (
-        request_id VARCHAR(36) PRIMARY KEY,
-        key_id VARCHAR(64) NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        n_images INTEGER NOT NULL,
-        input_sha256 CHAR(64) NOT NULL,
-        status INTEGER NOT NULL,
-        reason VARCHAR(300)
-    )""",
-    "CREATE INDEX IF NOT EXISTS requests_by_key ON requests (key_id, status)",
-    # Running totals, updated in the same transaction as the row: the quota check reads one row, not a SUM.
-    """CREATE TABLE IF NOT EXISTS key_usage (
-        key_id VARCHAR(64) PRIMARY KEY,
-        name VARCHAR(100) NOT NULL,
-        queries BIGINT NOT NULL,
-        requests BIGINT NOT NULL,
-        rejected BIGINT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS key_state (
-        key_id VARCHAR(64) NOT NULL,
-        name VARCHAR(200) NOT NULL,
-        value BLOB NOT NULL,
-        updated_at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (key_id, name)
-    )""",
-)
-
-_UPSERT_USAGE = """
-    INSERT INTO key_usage (key_id, name, queries, requests, rejected) VALUES (?, ?, ?, ?, ?)
-    ON CONFLICT (key_id) DO UPDATE SET name = excluded.name, queries = key_usage.queries + excluded.queries,
-        requests = key_usage.requests + excluded.requests, rejected = key_usage.rejected + excluded.rejected
-"""
-_INSERT_REQUEST = """
-    INSERT INTO requests (request_id, key_id, created_at, n_images, input_sha256, status, reason)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
-"""
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-@dataclass(frozen=True)
-class Charge:
-    """Outcome of :meth:`Ledger.charge`.
+def is_postgres_url(target: object) -> bool:
+    """Whether ``target`` names a PostgreSQL ledger (``postgresql://...``) rather than a SQLite file."""
+    return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
 
-    Attributes:
-        accepted: whether the request was charged (``False``: it would have overdrawn the quota).
-        request_id: the ledger row's id.
-        used: images charged to the key, this request included when accepted.
-        remaining: images left under the quota after this request; ``None`` when unlimited.
-    """
 
-    accepted: bool
-    request_id: str
-    used: int
-    remaining: int | None
-
+class LedgerUnavailableError(EncoderGuardError):
+    """The ledger's database cannot be reached (the server answers 503 and charges nothing)."""
 
 class Ledger:
     """The ledger database.
 
     Args:
-        path: SQLite file; created (with its schema) unless ``create`` is False.
+        path: SQLite file; created (``0600``, with its schema) unless ``create`` is False or ``read_only``.
         synchronous: SQLite ``synchronous`` pragma, ``"FULL"`` (default, see the module docstring),
             ``"NORMAL"`` or ``"EXTRA"``.
         busy_timeout: seconds a writer waits for another writer's lock before failing.
-        create: create a missing file; ``False`` raises instead (for read-only tools such as the
-            ``ledger`` command).
+        create: create a missing file; ``False`` raises instead.
+        read_only: open with a ``mode=ro`` URI: no schema changes, no write lock, writes fail (for read-only
+            tools such as the ``ledger`` command). Implies ``create=False``.
 
     Raises:
         ValueError: for a bad ``synchronous`` or ``busy_timeout``.
-        EncoderGuardError: if the file is missing (``create=False``), not a ledger, or from a newer version.
+        EncoderGuardError: if the file is missing (``create=False``), not a ledger (another SQLite file or
+            not SQLite at all), or from a newer version.
+
+    ``Ledger("postgresql://USER@HOST:PORT/DB")`` returns a
+    :class:`~encoderguard.api.postgres_ledger.PostgresLedger` (a subclass) with the same methods.
     """
+
+    def __new__(cls, path: str | Path, *args: Any, **kwargs: Any) -> Ledger:
+        if cls is Ledger and is_postgres_url(path):
+            from encoderguard.api.postgres_ledger import PostgresLedger
+
+            return super().__new__(PostgresLedger)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -112,13 +98,15 @@ class Ledger:
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
         create: bool = True,
+        read_only: bool = False,
     ) -> None:
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {list(SYNCHRONOUS_MODES)}, got {synchronous!r}")
         if not busy_timeout > 0:
             raise ValueError(f"busy_timeout must be > 0 seconds, got {busy_timeout!r}")
         self.path = Path(path)
-        if not create and not self.path.is_file():
+        self.read_only = bool(read_only)
+        if (read_only or not create) and not self.path.is_file():
             raise EncoderGuardError(f"ledger {self.path} does not exist")
         self.synchronous = synchronous
         self.busy_timeout = float(busy_timeout)
@@ -126,10 +114,20 @@ class Ledger:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._closed = False
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):  # SQLite gives -wal/-shm the database file's mode
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
-            self._init_schema()
+            self._check_marker()
+            if not self.read_only:
+                self._init_schema()
         except sqlite3.DatabaseError as exc:
+            self.close()
             raise EncoderGuardError(f"{self.path} is not a usable ledger: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
 
     # -- connections -----------------------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -138,11 +136,16 @@ class Ledger:
             raise EncoderGuardError(f"ledger {self.path} is closed")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            if self.read_only:
+                conn = sqlite3.connect(
+                    self._ro_uri(), uri=True, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+                )
+            else:
+                conn = sqlite3.connect(
+                    self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             self._local.conn = conn
             with self._connections_lock:
@@ -162,17 +165,93 @@ class Ledger:
                 conn.execute("ROLLBACK")
             raise
 
+    def _check_marker(self) -> None:
+        """Refuse SQLite files that are not ledgers before anything is written to them (not even WAL mode)."""
+        conn = sqlite3.connect(self._ro_uri(), uri=True, timeout=self.busy_timeout)
+        try:
+            self._check_marker_with(conn)
+        finally:
+            conn.close()
+
+    def _ro_uri(self) -> str:
+        return "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+
+    def _check_marker_with(self, conn: sqlite3.Connection) -> None:
+        tables = {
+            row[0]
+            for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if not str(row[0]).startswith("sqlite_")
+        }
+        app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+        self._counts_column = True
+        if not tables and app_id == 0:
+            if self.read_only:
+                raise EncoderGuardError(f"{self.path} is an empty SQLite file, not a ledger")
+            return
+        ours = app_id == APPLICATION_ID or (app_id == 0 and "schema_version" in tables)
+        if not ours or not tables <= LEDGER_TABLES:
+            listed = ", ".join(sorted(tables)[:5]) or "none"
+            raise EncoderGuardError(
+                f"{self.path} is not an encoderguard ledger (application_id {app_id:#x}, tables: {listed}); "
+                "refusing to use it: give another --ledger path"
+            )
+        version = self._version(conn)
+        if version > SCHEMA_VERSION:
+            raise EncoderGuardError(
+                f"ledger {self.path} has schema version {version}; this build knows up to {SCHEMA_VERSION}"
+            )
+        self._counts_column = version >= 2 or not self.read_only  # a writer migrates a version-1 file
+
+    @staticmethod
+    def _version(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return 0 if row[0] is None else int(row[0])
+
     def _init_schema(self) -> None:
         with self._transaction() as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            version = self._version(conn) if "schema_version" in tables else 0
+            if version:
+                for old in range(version, SCHEMA_VERSION):
+                    for statement in _MIGRATIONS.get(old, ()):
+                        conn.execute(statement)
             for statement in _SCHEMA:
                 conn.execute(statement)
-            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            if row[0] is None:
+            if version == 0:
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise EncoderGuardError(
-                    f"ledger {self.path} has schema version {row[0]}; this build knows up to {SCHEMA_VERSION}"
-                )
+            elif version < SCHEMA_VERSION:
+                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+    def quick_check(self, *, timeout: float | None = None) -> str:
+        """SQLite's ``PRAGMA quick_check``, interrupted after ``timeout`` seconds.
+
+        Returns:
+            ``"ok"`` when the file is sound, ``"timeout"`` when the check did not finish in time, otherwise the
+            problems SQLite reports (first lines, ``"; "``-joined).
+        """
+        return self._check("quick_check", timeout)
+
+    def integrity_check(self, *, timeout: float | None = None) -> str:
+        """SQLite's ``PRAGMA integrity_check`` (``"ok"`` when the file is sound; see :meth:`quick_check`)."""
+        return self._check("integrity_check", timeout)
+
+    def _check(self, pragma: str, timeout: float | None) -> str:
+        conn = self._conn()
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+            conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+        try:
+            rows = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}(20)").fetchall()]
+        except sqlite3.OperationalError as exc:
+            if "interrupt" in str(exc):
+                return "timeout"
+            return f"error: {exc}"
+        except sqlite3.DatabaseError as exc:
+            return f"error: {exc}"
+        finally:
+            conn.set_progress_handler(None, 0)
+        return "ok" if rows == ["ok"] else "; ".join(rows)[:2000]
 
     def close(self) -> None:
         """Close every thread's connection; the ledger cannot be used afterwards."""
@@ -190,12 +269,24 @@ class Ledger:
         self.close()
 
     # -- accounting ------------------------------------------------------------------------------------------
-    def charge(self, *, key_id: str, name: str, n: int, digest: str, quota: int | None) -> Charge:
+    def charge(
+        self,
+        *,
+        key_id: str,
+        name: str,
+        n: int,
+        digest: str,
+        quota: int | None,
+        idempotency: Idempotency | None = None,
+        answer: Callable[[str, int | None], bytes] | None = None,
+    ) -> Charge:
         """Atomically check the quota and record an answered request of ``n`` images.
 
         Check and insert share one ``BEGIN IMMEDIATE`` transaction, so concurrent requests (threads or
         processes) can never overdraw a quota. A request that would overdraw is recorded as rejected (status
-        429, 0 images). The transaction is committed, hence durable, when this returns.
+        429, 0 images). The transaction is committed, hence durable, when this returns. With ``idempotency``,
+        the answer is stored in the same transaction, so a committed charge always has its answer for a replay;
+        if an answer is already stored under that key, nothing is charged and it is returned in ``stored``.
 
         Args:
             key_id: the API key id.
@@ -203,37 +294,103 @@ class Ledger:
             n: images in the request (>= 1).
             digest: hex SHA-256 of the request's input bytes.
             quota: the key's total quota; ``None`` for unlimited.
+            idempotency: store the answer under this idempotency key.
+            answer: ``answer(request_id, remaining) -> bytes`` builds the answer once the row's id and the
+                remaining quota are known (needed with ``idempotency``; its result is in ``Charge.answer``).
 
         Returns:
             The :class:`Charge`.
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if idempotency is not None and answer is None:
+            raise ValueError("idempotency needs answer (the bytes to store)")
         request_id = uuid.uuid4().hex
         with self._transaction() as conn:
+            self._lock_usage(conn, key_id, name)
             row = conn.execute("SELECT queries FROM key_usage WHERE key_id = ?", (key_id,)).fetchone()
             used = int(row[0]) if row else 0
+            remaining = None if quota is None else max(quota - used, 0)
+            if idempotency is not None:
+                stored = conn.execute(
+                    "SELECT request_sha256, answer, request_id FROM idempotency "
+                    "WHERE key_id = ? AND idempotency_key = ?",
+                    (key_id, idempotency.key),
+                ).fetchone()
+                if stored is not None:
+                    return Charge(False, str(stored[2]), used, remaining, stored=(str(stored[0]), bytes(stored[1])))
             if quota is not None and used + n > quota:
                 reason = f"quota: {n} requested, {max(quota - used, 0)} remain"
-                conn.execute(_INSERT_REQUEST, (request_id, key_id, time.time(), 0, digest, 429, reason))
+                conn.execute(_INSERT_REQUEST, (request_id, key_id, time.time(), 0, digest, 429, reason, 1))
                 conn.execute(_UPSERT_USAGE, (key_id, name, 0, 0, 1))
                 return Charge(False, request_id, used, max(quota - used, 0))
-            conn.execute(_INSERT_REQUEST, (request_id, key_id, time.time(), n, digest, ACCEPTED, None))
+            remaining = None if quota is None else quota - used - n
+            now = time.time()
+            conn.execute(_INSERT_REQUEST, (request_id, key_id, now, n, digest, ACCEPTED, None, 1))
             conn.execute(_UPSERT_USAGE, (key_id, name, n, 1, 0))
-        return Charge(True, request_id, used + n, None if quota is None else quota - used - n)
+            body = answer(request_id, remaining) if answer is not None else None
+            if idempotency is not None and body is not None:
+                conn.execute(
+                    "INSERT INTO idempotency (key_id, idempotency_key, request_sha256, request_id, created_at, "
+                    "answer) VALUES (?, ?, ?, ?, ?, ?)",
+                    (key_id, idempotency.key, idempotency.request_sha256, request_id, now, body),
+                )
+                self._expire(conn, key_id, now, idempotency)
+        return Charge(True, request_id, used + n, remaining, answer=body)
 
-    def record_rejection(self, *, key_id: str, name: str, digest: str, status: int, reason: str = "") -> str:
-        """Record a rejected request (bad input, rate limit, quota, server error); it charges nothing.
+    def _lock_usage(self, conn: Any, key_id: str, name: str) -> None:
+        """Serialise the charges of ``key_id`` from here to the commit (SQLite: ``BEGIN IMMEDIATE`` already has)."""
+
+    @staticmethod
+    def _expire(conn: Any, key_id: str, now: float, idempotency: Idempotency) -> None:
+        """Bounded retention of stored answers: drop those older than the ttl, then all but the newest."""
+        conn.execute(
+            "DELETE FROM idempotency WHERE key_id = ? AND created_at < ?", (key_id, now - idempotency.ttl)
+        )
+        conn.execute(
+            """DELETE FROM idempotency WHERE key_id = ? AND idempotency_key IN (
+                   SELECT idempotency_key FROM idempotency WHERE key_id = ?
+                   ORDER BY created_at DESC LIMIT -1 OFFSET ?)""",
+            (key_id, key_id, int(idempotency.max_stored)),
+        )
+
+    def stored_answer(self, key_id: str, idempotency_key: str, *, ttl: float | None = None) -> tuple[str, bytes] | None:
+        """``(request_sha256, answer)`` stored under ``idempotency_key`` for ``key_id`` (younger than ``ttl``
+        seconds), or ``None``."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT request_sha256, answer, created_at FROM idempotency "
+                "WHERE key_id = ? AND idempotency_key = ?",
+                (key_id, idempotency_key),
+            )
+            .fetchone()
+        )
+        if row is None or (ttl is not None and float(row[2]) < time.time() - ttl):
+            return None
+        return str(row[0]), bytes(row[1])
+
+    def record_rejection(
+        self, *, key_id: str, name: str, digest: str, status: int, reason: str = "", count: int = 1
+    ) -> str:
+        """Record rejected requests (bad input, rate limit, quota, server error); they charge nothing.
+
+        Args:
+            count: how many rejected requests this row stands for (> 1 for an aggregated row).
 
         Returns:
             The new row's request id.
         """
         if status == ACCEPTED:
             raise ValueError("record_rejection is for rejected requests; use charge for answered ones")
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
         request_id = uuid.uuid4().hex
         with self._transaction() as conn:
-            conn.execute(_INSERT_REQUEST, (request_id, key_id, time.time(), 0, digest, status, reason[:300]))
-            conn.execute(_UPSERT_USAGE, (key_id, name, 0, 0, 1))
+            conn.execute(
+                _INSERT_REQUEST, (request_id, key_id, time.time(), 0, digest, status, reason[:300], int(count))
+            )
+            conn.execute(_UPSERT_USAGE, (key_id, name, 0, 0, int(count)))
         return request_id
 
     def used(self, key_id: str) -> int:
@@ -250,11 +407,12 @@ class Ledger:
         """
         conn = self._conn()
         names = dict(conn.execute("SELECT key_id, name FROM key_usage").fetchall())
+        rejected = "n_requests" if self._counts_column else "1"
         rows = conn.execute(
-            """SELECT key_id,
+            f"""SELECT key_id,
                       SUM(CASE WHEN status = 200 THEN n_images ELSE 0 END),
                       SUM(CASE WHEN status = 200 THEN 1 ELSE 0 END),
-                      SUM(CASE WHEN status <> 200 THEN 1 ELSE 0 END)
+                      SUM(CASE WHEN status <> 200 THEN {rejected} ELSE 0 END)
                FROM requests GROUP BY key_id ORDER BY key_id"""
         ).fetchall()
         keys = {
@@ -279,10 +437,6 @@ class Ledger:
         rows = self._conn().execute(sql + " ORDER BY created_at, request_id", params).fetchall()
         return [dict(zip(cols, row, strict=True)) for row in rows]
 
-    def integrity_check(self) -> str:
-        """SQLite's ``PRAGMA integrity_check`` (``"ok"`` when the file is sound)."""
-        return str(self._conn().execute("PRAGMA integrity_check").fetchone()[0])
-
     # -- per-key state for defences --------------------------------------------------------------------------
     def get_state(self, key_id: str, name: str) -> bytes | None:
         """The bytes a defence stored for ``key_id`` under ``name``, or ``None``."""
@@ -298,9 +452,38 @@ class Ledger:
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise ValueError(f"state value must be bytes, got {type(value).__name__}")
         with self._transaction() as conn:
-            conn.execute(
-                """INSERT INTO key_state (key_id, name, value, updated_at) VALUES (?, ?, ?, ?)
-                   ON CONFLICT (key_id, name)
-                   DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at""",
-                (key_id, name, bytes(value), time.time()),
-            )
+            self._write_state(conn, key_id, name, bytes(value))
+
+    def update_state(self, key_id: str, name: str, update: Callable[[bytes | None], bytes]) -> bytes:
+        """Read, transform and write a defence's state in one transaction: no update is lost when several
+        processes (replicas on one PostgreSQL ledger, workers on one SQLite file) update the same key at once.
+
+        Args:
+            key_id: the key.
+            name: the state's name.
+            update: old bytes (``None`` if absent) -> new bytes; may run again if the transaction is retried, so
+                it must not have effects beyond its return value.
+
+        Returns:
+            The bytes written.
+        """
+        with self._transaction() as conn:  # SQLite: BEGIN IMMEDIATE holds the write lock from the read on
+            self._lock_state(conn, key_id, name)
+            row = conn.execute("SELECT value FROM key_state WHERE key_id = ? AND name = ?", (key_id, name)).fetchone()
+            value = update(None if row is None else bytes(row[0]))
+            if not isinstance(value, (bytes, bytearray, memoryview)):
+                raise ValueError(f"state value must be bytes, got {type(value).__name__}")
+            self._write_state(conn, key_id, name, bytes(value))
+            return bytes(value)
+
+    def _lock_state(self, conn: Any, key_id: str, name: str) -> None:
+        """Serialise updates of one state (SQLite's write lock already does)."""
+
+    @staticmethod
+    def _write_state(conn: Any, key_id: str, name: str, value: bytes) -> None:
+        conn.execute(
+            """INSERT INTO key_state (key_id, name, value, updated_at) VALUES (?, ?, ?, ?)
+               ON CONFLICT (key_id, name)
+               DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at""",
+            (key_id, name, value, time.time()),
+        )

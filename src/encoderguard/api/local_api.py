@@ -1,15 +1,17 @@
-"""An in-process embedding API over an encoder module: the reference implementation of the protocol."""
+"""An in-process embedding API over an encoder module (or another answer source): the reference implementation of the
+protocol."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from encoderguard.api.input_validation import validate_inputs
+from encoderguard.api.answer_source import AnswerSource
+from encoderguard.api.input_validation import as_image_batch, validate_inputs
 from encoderguard.defences.base import Postprocessor, apply_chain
 from encoderguard.errors import APIError
 
@@ -24,7 +26,10 @@ class LocalAPI:
 
     Args:
         encoder: a module mapping ``[N, C, H, W]`` float32 in ``[0, 1]`` to ``[N, D]``, with attributes
-            ``embed_dim`` (``D``) and ``input_shape`` (``(C, H, W)``).
+            ``embed_dim`` (``D``) and ``input_shape`` (``(C, H, W)``); or an
+            :class:`~encoderguard.api.answer_source.AnswerSource` (e.g. a client of another endpoint), whose answers
+            get the same checks and defences. A source is called outside the lock (its calls may overlap); the
+            defence chain still runs one request at a time.
         defences: postprocessors applied in order to every answer (empty: answers are the raw
             representations).
         key: the caller identity passed to the defences when :meth:`embed` is not given one.
@@ -42,15 +47,20 @@ class LocalAPI:
 
     def __init__(
         self,
-        encoder: nn.Module,
+        encoder: nn.Module | AnswerSource,
         *,
         defences: Sequence[Postprocessor] = (),
         key: str = "local",
         batch_size: int = 256,
     ) -> None:
+        self.source: AnswerSource | None = None
         if not isinstance(encoder, nn.Module):
-            raise ValueError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
-        embed_dim = getattr(encoder, "embed_dim", None)
+            if not isinstance(encoder, AnswerSource):
+                raise ValueError(
+                    f"encoder must be a torch.nn.Module or an AnswerSource, got {type(encoder).__name__}"
+                )
+            self.source = encoder
+        embed_dim = encoder.dim if self.source is not None else getattr(encoder, "embed_dim", None)
         input_shape = getattr(encoder, "input_shape", None)
         if not isinstance(embed_dim, int) or embed_dim < 1:
             raise ValueError(f"encoder.embed_dim must be a positive int, got {embed_dim!r}")
@@ -63,7 +73,7 @@ class LocalAPI:
         for defence in defences:
             if not callable(defence):
                 raise ValueError(f"every defence must be a callable postprocessor, got {defence!r}")
-        self.encoder = encoder
+        self.encoder: nn.Module | None = encoder if isinstance(encoder, nn.Module) else None
         self.defences: tuple[Postprocessor, ...] = tuple(defences)
         self.key = key
         self.batch_size = batch_size
@@ -91,7 +101,9 @@ class LocalAPI:
         """Embed a batch of images.
 
         Args:
-            inputs: float images ``[N, C, H, W]`` with values in ``[0, 1]``, ``N >= 1``.
+            inputs: float images ``[N, C, H, W]`` with values in ``[0, 1]``, ``N >= 1``; uint8 images (scaled by
+                ``1/255``, as the HTTP API's ``uint8`` wire dtype is) and a single image ``[C, H, W]`` (a batch of
+                one) are accepted too.
             key: caller identity for the defences (the server passes the API key id); defaults to
                 ``self.key``.
 
@@ -100,16 +112,19 @@ class LocalAPI:
 
         Raises:
             APIError: if ``inputs`` break the input contract (status 422), or the encoder or a defence returns
-                something other than ``[N, D]`` finite values (status 500).
+                something other than ``[N, D]`` finite values (status 500), e.g. a dict of outputs.
         """
-        batch = validate_inputs(inputs, self._input_shape)
+        batch = validate_inputs(as_image_batch(inputs, self._input_shape), self._input_shape)
         n = batch.shape[0]
+        if self.source is not None:
+            return self._embed_from_source(batch, key)
+        assert self.encoder is not None
         device = _device_of(self.encoder)
         with self._lock:
             self.encoder.eval()
             with torch.no_grad():
                 chunks = [
-                    self.encoder(batch[i : i + self.batch_size].to(device)).float().cpu()
+                    _representation(self.encoder(batch[i : i + self.batch_size].to(device))).float().cpu()
                     for i in range(0, n, self.batch_size)
                 ]
                 embeddings = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
@@ -118,6 +133,23 @@ class LocalAPI:
                     embeddings = apply_chain(self.defences, embeddings, inputs=batch, key=key or self.key)
                     embeddings = embeddings.detach().float().cpu()
                     self._check_output(embeddings, n, "the defence chain")
+            self._queries_used += n
+        return embeddings.contiguous()
+
+    def readiness(self) -> str | None:
+        """``None`` when answers can be given, else why not (an answer source that has not answered yet)."""
+        return None if self.source is None else self.source.readiness()
+
+    def _embed_from_source(self, batch: torch.Tensor, key: str | None) -> torch.Tensor:
+        assert self.source is not None
+        n = int(batch.shape[0])
+        embeddings = self.source.embed(batch).float().cpu()
+        self._check_output(embeddings, n, "the answer source")
+        with self._lock:
+            if self.defences:
+                embeddings = apply_chain(self.defences, embeddings, inputs=batch, key=key or self.key)
+                embeddings = embeddings.detach().float().cpu()
+                self._check_output(embeddings, n, "the defence chain")
             self._queries_used += n
         return embeddings.contiguous()
 
@@ -131,11 +163,30 @@ class LocalAPI:
 
     def __repr__(self) -> str:
         names = [getattr(d, "name", type(d).__name__) for d in self.defences]
+        origin = self.encoder if self.source is None else self.source
         return (
-            f"LocalAPI(encoder={type(self.encoder).__name__}, dim={self._dim}, "
+            f"LocalAPI(encoder={type(origin).__name__}, dim={self._dim}, "
             f"input_shape={self._input_shape}, "
             f"defences={names}, queries_used={self._queries_used})"
         )
+
+
+def _representation(output: object) -> torch.Tensor:
+    """The encoder's output as a tensor, or an error that names the contract (an encoder returns one tensor)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):  # e.g. a Hugging Face ModelOutput
+        raise APIError(
+            f"the encoder returned a {type(output).__name__} with keys {list(output)[:6]}, not a tensor: an encoder "
+            "must map [N, C, H, W] images to one tensor [N, D]; wrap the model in a module that returns the "
+            "representation you mean (e.g. its pooled output)",
+            status=500,
+        )
+    raise APIError(
+        f"the encoder returned a {type(output).__name__}, not a tensor: an encoder must map [N, C, H, W] images to "
+        "one tensor [N, D]; wrap the model in a module that returns the representation you mean",
+        status=500,
+    )
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -60,3 +60,17 @@ class RateLimiter:
                 return 0.0
             self._buckets[key_id] = (tokens, now)
             return (need - tokens) / rate
+
+    def wait(self, key_id: str, n: int, rate: float | None) -> float:
+        """Seconds before :meth:`acquire` of ``n`` images would admit ``key_id`` (``0.0``: now); takes nothing."""
+        if rate is None:
+            return 0.0
+        if not rate > 0:
+            raise ValueError(f"rate must be > 0 images per second, got {rate!r}")
+        capacity = max(rate * self.burst, 1.0)
+        with self._lock:
+            now = self._clock()
+            tokens, last = self._buckets.get(key_id, (capacity, now))
+            tokens = min(capacity, tokens + (now - last) * rate)
+        need = min(float(n), capacity)
+        return 0.0 if tokens + 1e-9 >= need else (need - tokens) / rate

@@ -1,16 +1,12 @@
-"""The HTTP embedding API: FastAPI app, a blocking runner and a background runner (tests, benchmarks, demos).
+"""The HTTP embedding API: the app factory, a blocking runner and a background runner (tests, benchmarks, demos).
 
 Endpoints: ``POST /v1/embeddings`` (the wire format is in :mod:`encoderguard.api.wire_format`),
 ``GET /v1/model`` (input spec, limits and this key's remaining quota), ``GET /health``; OpenAPI docs at
-``/docs``.
+``/docs``. The request path is described in :mod:`encoderguard.api.routes`, the error shape in
+:mod:`encoderguard.api.http_errors`, admission and the body reader in :mod:`encoderguard.api.admission`.
 
-A request goes: authenticate (401) -> read the body within ``max_body_bytes`` (413, checked on
-``Content-Length`` first and on the bytes read) -> decode and validate (400/413/415/422) -> rate limit (429 +
-``Retry-After``) -> quota pre-check (429) -> embed and defend -> atomic quota check + ledger insert, committed
-(429 if a concurrent request used the quota meanwhile) -> answer 200. Every authenticated request leaves one
-ledger row; only a 200 charges images. Error bodies are ``{"detail": message, "code": code}``; codes:
-``bad_request``, ``unauthorized``, ``too_large``, ``unsupported_media_type``, ``invalid_input``,
-``rate_limited``, ``quota_exceeded``, ``internal_error``.
+Every authenticated request leaves a ledger row (rejections: at most ``rejection_rows_per_minute`` rows per key
+and minute, the rest counted into one row); only a 200 charges images.
 
 Requires the ``server`` extra (fastapi, uvicorn; pillow for PNG; python-multipart for multipart uploads).
 """
@@ -18,194 +14,40 @@ Requires the ``server`` extra (fastapi, uvicorn; pillow for PNG; python-multipar
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import math
 import signal
 import socket
 import threading
 import time
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from torch import nn
 
 from encoderguard import __version__
-from encoderguard.api.keys import KeyRecord, KeyStore
+from encoderguard.api.answer_source import AnswerSource
+from encoderguard.api.auth_limiter import AuthFailureLimiter
+from encoderguard.api.http_errors import install_error_handlers
+from encoderguard.api.keys import KeyStore
 from encoderguard.api.ledger import Ledger
 from encoderguard.api.local_api import LocalAPI
-from encoderguard.api.rate_limiter import RateLimiter
-from encoderguard.api.wire_format import WIRE_DTYPES, decode_array, decode_png_files, encode_embeddings
+from encoderguard.api.routes import SECURITY_SCHEMES, add_routes
+from encoderguard.api.service import EmbeddingService
 from encoderguard.defences.base import Postprocessor, prepare_chain
-from encoderguard.errors import APIError
+from encoderguard.errors import EncoderGuardError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 1024
 DEFAULT_MAX_BODY_BYTES = 32 * 2**20
-_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    413: "too_large",
-    415: "unsupported_media_type",
-    422: "invalid_input",
-    429: "rate_limited",
-    500: "internal_error",
-}
-_REQUEST_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["dtype", "shape", "data"],
-                    "properties": {
-                        "dtype": {"type": "string", "enum": sorted(WIRE_DTYPES)},
-                        "shape": {
-                            "type": "array",
-                            "items": {"type": "integer"},
-                            "minItems": 4,
-                            "maxItems": 4,
-                            "description": "[N, C, H, W]",
-                        },
-                        "data": {
-                            "type": "string",
-                            "format": "byte",
-                            "description": "base64 of the raw little-endian float32 or uint8 array",
-                        },
-                    },
-                }
-            },
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "files": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "PNG images of exactly H x W",
-                        }
-                    },
-                }
-            },
-        },
-    }
-}
-_ERROR_DOC = {"content": {"application/json": {"example": {"detail": "message", "code": "code"}}}}
-
-
-class _Service:
-    """The state behind the endpoints and their synchronous work (run in the thread pool)."""
-
-    def __init__(
-        self, api: LocalAPI, keys: KeyStore, ledger: Ledger, *, max_batch: int, max_body_bytes: int
-    ) -> None:
-        self.api, self.keys, self.ledger = api, keys, ledger
-        self.limiter = RateLimiter()
-        self.max_batch, self.max_body_bytes = max_batch, max_body_bytes
-
-    def reject(
-        self,
-        record: KeyRecord,
-        digest: str,
-        status: int,
-        message: str,
-        *,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> JSONResponse:
-        """Log a rejected request in the ledger (charging nothing) and build its error response."""
-        request_id = self.ledger.record_rejection(
-            key_id=record.key_id, name=record.name, digest=digest, status=status, reason=message
-        )
-        return _error(
-            status, message, code=code, headers=headers, extra={"request_id": request_id, **(extra or {})}
-        )
-
-    def embed(
-        self, record: KeyRecord, body: bytes, files: list[tuple[str, bytes]] | None, encoding: str
-    ) -> Response:
-        digest = hashlib.sha256(body).hexdigest()
-        try:
-            if files is None:
-                batch, raw = decode_array(body, input_shape=self.api.input_shape, max_batch=self.max_batch)
-            else:
-                batch = decode_png_files(files, input_shape=self.api.input_shape, max_batch=self.max_batch)
-                raw = b"".join(content for _, content in files)
-        except APIError as exc:
-            return self.reject(record, digest, exc.status or 400, str(exc))
-        digest = hashlib.sha256(raw).hexdigest()
-        n = int(batch.shape[0])
-        wait = self.limiter.acquire(record.key_id, n, record.rate)
-        if wait > 0:
-            return self.reject(
-                record,
-                digest,
-                429,
-                f"rate limit of {record.rate:g} images/s exceeded; retry after {wait:.3f} s",
-                code="rate_limited",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
-                extra={"retry_after": round(wait, 3)},
-            )
-        used = self.ledger.used(record.key_id) if record.quota is not None else 0
-        if record.quota is not None and used + n > record.quota:
-            remaining = max(record.quota - used, 0)
-            return self.reject(
-                record,
-                digest,
-                429,
-                _quota_message(n, remaining, record.quota),
-                code="quota_exceeded",
-                extra={"queries_remaining": remaining},
-            )
-        embeddings = self.api.embed(batch, key=record.key_id)
-        # Encode before charging: once the row is committed, nothing that can fail may stand before the 200.
-        payload = encode_embeddings(embeddings, encoding=encoding)
-        charge = self.ledger.charge(
-            key_id=record.key_id, name=record.name, n=n, digest=digest, quota=record.quota
-        )
-        if not charge.accepted:  # a concurrent request used the quota between the pre-check and now
-            return _error(
-                429,
-                _quota_message(n, charge.remaining or 0, record.quota),
-                code="quota_exceeded",
-                extra={"request_id": charge.request_id, "queries_remaining": charge.remaining},
-            )
-        payload["queries_remaining"] = charge.remaining
-        payload["request_id"] = charge.request_id
-        return Response(
-            json.dumps(payload).encode(),
-            media_type="application/json",
-            headers={"X-Request-Id": charge.request_id},
-        )
-
-    def model_info(self, record: KeyRecord) -> dict[str, Any]:
-        remaining = None if record.quota is None else max(record.quota - self.ledger.used(record.key_id), 0)
-        return {
-            "dim": self.api.dim,
-            "input_shape": list(self.api.input_shape),
-            "input_dtypes": sorted(WIRE_DTYPES),
-            "value_range": [0.0, 1.0],
-            "request_formats": ["application/json", "multipart/form-data (PNG files in 'files')"],
-            "response_encodings": ["base64", "list"],
-            "max_batch": self.max_batch,
-            "max_body_bytes": self.max_body_bytes,
-            "key_id": record.key_id,
-            "queries_remaining": remaining,
-            "rate_limit_images_per_s": record.rate,
-        }
+DEFAULT_CHECK_TIMEOUT = 10.0
 
 
 def create_app(
-    encoder: nn.Module,
+    source: nn.Module | AnswerSource,
     *,
     keys_path: str | Path,
     ledger_path: str | Path,
@@ -215,13 +57,29 @@ def create_app(
     batch_size: int = 256,
     synchronous: str = "FULL",
     docs: bool = True,
+    check_timeout: float = DEFAULT_CHECK_TIMEOUT,
+    body_idle_timeout: float = 10.0,
+    body_total_timeout: float = 60.0,
+    auth_failures: int = 20,
+    auth_window: float = 60.0,
+    auth_tarpit: float = 1.0,
+    rejection_rows_per_minute: int = 60,
+    idempotency_ttl: float = 86_400.0,
+    idempotency_max_per_key: int = 1024,
 ) -> FastAPI:
     """Build the embedding API application.
 
     Args:
-        encoder: module ``[N, C, H, W] -> [N, D]`` with ``embed_dim`` and ``input_shape`` attributes.
-        keys_path: keys file written by ``encoderguard keys add`` (must exist; reloaded when it changes).
-        ledger_path: SQLite ledger (created if missing).
+        source: where the answers come from: an encoder module ``[N, C, H, W] -> [N, D]`` with ``embed_dim`` and
+            ``input_shape`` attributes, or an :class:`~encoderguard.api.answer_source.AnswerSource` such as
+            :class:`~encoderguard.api.UpstreamAPI` (``encoderguard proxy``). Everything else (admission, ledger,
+            defences, error shape) is the same for both; an answer source's failures (its ``APIError`` with a
+            ``code``, e.g. 502 ``upstream_timeout``) are passed on uncharged, and ``/health`` answers 503 until its
+            ``readiness()`` is ``None``.
+        keys_path: keys file written by ``encoderguard keys add`` (must exist and be valid; reloaded when it
+            changes).
+        ledger_path: SQLite ledger (created ``0600`` if missing; any other SQLite file is refused), or a
+            ``postgresql://`` URL shared by several server processes or hosts (quotas exact across all of them).
         defences: postprocessor chain applied to every answer, per key; a defence with a ``bind_store(store)``
             method is given the ledger, whose ``get_state``/``put_state`` keep its per-key state.
         max_batch: most images per request (larger: 413).
@@ -229,38 +87,81 @@ def create_app(
         batch_size: most images per forward pass.
         synchronous: the ledger's SQLite ``synchronous`` mode (see :class:`~encoderguard.api.ledger.Ledger`).
         docs: serve the OpenAPI docs at ``/docs`` and ``/openapi.json``.
+        check_timeout: seconds allowed for the ledger's ``PRAGMA quick_check`` at start-up (a check that does
+            not finish in time is logged and skipped; one that finds damage stops the start).
+        body_idle_timeout: seconds the server waits for the next part of a request body (408 after).
+        body_total_timeout: seconds the server waits for a whole request body (408 after).
+        auth_failures: failed authentications allowed per key id and per client address within
+            ``auth_window`` seconds before they are answered 429 (see
+            :class:`~encoderguard.api.auth_limiter.AuthFailureLimiter`).
+        auth_window: see ``auth_failures``.
+        auth_tarpit: seconds a failed authentication over the limit waits before its 429 (without holding a
+            worker), so that a client hammering with wrong secrets slows itself down, not the server.
+        rejection_rows_per_minute: rejected requests of one key per minute that get a ledger row of their own.
+        idempotency_ttl: seconds an answer stored under an ``Idempotency-Key`` can be replayed.
+        idempotency_max_per_key: most stored answers per key (the oldest go first).
 
     Returns:
         The FastAPI app (serve it with :func:`run_server`, :func:`background_server` or any ASGI server).
 
     Raises:
         ValueError: for a bad limit or a missing keys file.
+        EncoderGuardError: for an invalid keys file, or a ledger that is not one or fails its quick check.
     """
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
     if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1024:
         raise ValueError(f"max_body_bytes must be an int >= 1024, got {max_body_bytes!r}")
+    if isinstance(auth_tarpit, bool) or not isinstance(auth_tarpit, (int, float)) or not auth_tarpit >= 0:
+        raise ValueError(f"auth_tarpit must be a non-negative number of seconds, got {auth_tarpit!r}")
+    for name, value in (("check_timeout", check_timeout), ("body_idle_timeout", body_idle_timeout),
+                        ("body_total_timeout", body_total_timeout), ("idempotency_ttl", idempotency_ttl)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    if isinstance(idempotency_max_per_key, bool) or not isinstance(idempotency_max_per_key, int) or (
+        idempotency_max_per_key < 1
+    ):
+        raise ValueError(f"idempotency_max_per_key must be a positive int, got {idempotency_max_per_key!r}")
+    auth_limiter = AuthFailureLimiter(max_failures=auth_failures, window=auth_window)
     keys = KeyStore(keys_path)
     if not keys.path.is_file():
         raise ValueError(
             f"keys file {keys.path} does not exist; create a key with "
             f"'encoderguard keys add --keys {keys.path} --name NAME'"
         )
+    keys.load()  # the whole file is validated now, not on the first request that uses a bad entry
     if not any(r.active for r in keys.records()):
         logger.warning("keys file %s has no active key: every request will get 401", keys.path)
-    api = LocalAPI(encoder, defences=defences, key="server", batch_size=batch_size)
+    api = LocalAPI(source, defences=defences, key="server", batch_size=batch_size)
     prepare_chain(api.defences, dim=api.dim)  # a defence setting that does not fit the encoder fails at start-up
     ledger = Ledger(ledger_path, synchronous=synchronous)
-    for defence in defences:  # stateful defences keep per-key state in the ledger, where it survives restarts
-        bind_store = getattr(defence, "bind_store", None)
-        if callable(bind_store):
-            bind_store(ledger)
-    prepare_chain(api.defences, dim=api.dim, store=ledger)  # per-key defence state lives in the ledger database
-    service = _Service(api, keys, ledger, max_batch=max_batch, max_body_bytes=max_body_bytes)
+    try:
+        verdict = ledger.quick_check(timeout=check_timeout)
+        if verdict == "timeout":
+            logger.warning("ledger %s: quick_check did not finish within %g s; not checked", ledger.path,
+                           check_timeout)
+        elif verdict != "ok":
+            raise EncoderGuardError(
+                f"ledger {ledger.path} is damaged (SQLite quick_check: {verdict[:300]}); refusing to serve: "
+                "restore it from a backup or start a new ledger"
+            )
+        # Stateful defences keep per-key state in the ledger, where it survives restarts; the chain binds it.
+        prepare_chain(api.defences, dim=api.dim, store=ledger)
+    except BaseException:
+        ledger.close()
+        raise
+    service = EmbeddingService(
+        api, keys, ledger, max_batch=max_batch, max_body_bytes=max_body_bytes, auth_limiter=auth_limiter,
+        rejection_rows_per_minute=rejection_rows_per_minute, idempotency_ttl=idempotency_ttl, auth_tarpit=auth_tarpit,
+        idempotency_max_per_key=idempotency_max_per_key, body_idle_timeout=body_idle_timeout,
+        body_total_timeout=body_total_timeout,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        with contextlib.suppress(Exception):
+            service.rejections.flush()
         ledger.close()
 
     app = FastAPI(
@@ -273,89 +174,23 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
+    install_error_handlers(app)
+    add_routes(app, service)
 
-    async def authenticate(request: Request) -> KeyRecord:
-        return await run_in_threadpool(service.keys.authenticate, _presented_key(request))
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+            app.openapi_schema = schema
+        return app.openapi_schema
 
-    @app.post(
-        "/v1/embeddings",
-        summary="Embed a batch of images",
-        openapi_extra=_REQUEST_DOC,
-        responses={code: {"description": name, **_ERROR_DOC} for code, name in _CODES.items()},
-    )
-    async def embeddings(
-        request: Request,
-        encoding: Literal["base64", "list"] = Query(
-            "base64", description="'base64' (float32 little-endian, fast) or 'list' (nested JSON list)"
-        ),
-    ) -> Response:
-        try:
-            record = await authenticate(request)
-        except APIError as exc:
-            return _error(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
-        body = b""
-        try:
-            body = await _read_body(request, service.max_body_bytes)
-            media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if media_type == "multipart/form-data":
-                files: list[tuple[str, bytes]] | None = await _parse_multipart(
-                    request, body, service.max_batch
-                )
-            elif media_type == "application/json" or media_type.endswith("+json"):
-                files = None
-            else:
-                raise APIError(
-                    f"unsupported Content-Type {media_type or '(none)'!r}: send application/json or "
-                    "multipart/form-data",
-                    status=415,
-                )
-        except APIError as exc:
-            digest = hashlib.sha256(body).hexdigest()
-            return await run_in_threadpool(service.reject, record, digest, exc.status or 400, str(exc))
-        try:
-            return await run_in_threadpool(service.embed, record, body, files, encoding)
-        except (
-            Exception
-        ) as exc:  # never charged: charging is the last step and cannot be followed by a failure
-            error_id = uuid.uuid4().hex
-            logger.error("internal error %s answering key %s", error_id, record.key_id, exc_info=exc)
-            with contextlib.suppress(Exception):
-                await run_in_threadpool(
-                    service.ledger.record_rejection,
-                    key_id=record.key_id,
-                    name=record.name,
-                    digest=hashlib.sha256(body).hexdigest(),
-                    status=500,
-                    reason=f"internal error {error_id}: {exc}",
-                )
-            return _error(500, f"internal server error (id {error_id})")
-
-    @app.get("/v1/model", summary="Input spec, limits and this key's remaining quota")
-    async def model(request: Request) -> Response:
-        try:
-            record = await authenticate(request)
-        except APIError as exc:
-            return _error(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
-        return JSONResponse(await run_in_threadpool(service.model_info, record))
-
-    @app.get("/health", summary="Liveness: the process answers and the ledger is readable")
-    async def health() -> dict[str, Any]:
-        await run_in_threadpool(service.ledger.used, "")
-        return {"status": "ok", "version": __version__}
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        # The catch-all: log it, answer JSON, keep the worker alive. Nothing was charged (charging is the last
-        # step).
-        error_id = uuid.uuid4().hex
-        logger.error("internal error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)
-        return _error(500, f"internal server error (id {error_id})")
-
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
 def run_server(
-    encoder: nn.Module,
+    source: nn.Module | AnswerSource,
     *,
     keys_path: str | Path,
     ledger_path: str | Path,
@@ -367,31 +202,37 @@ def run_server(
     synchronous: str = "FULL",
     log_level: str = "warning",
     on_bind: Any = None,
+    sock: socket.socket | None = None,
+    **app_options: Any,
 ) -> str:
     """Serve the API with uvicorn until interrupted (SIGINT/SIGTERM stop it gracefully).
 
     Args:
-        encoder, keys_path, ledger_path, defences, max_batch, max_body_bytes, synchronous: as in
+        source, keys_path, ledger_path, defences, max_batch, max_body_bytes, synchronous: as in
             :func:`create_app`.
+        app_options: further keyword arguments of :func:`create_app`.
         host: interface to bind; the loopback default keeps the API private. Anything else serves keys over
             plain HTTP: put a TLS proxy in front.
         port: TCP port; ``0`` picks a free one.
         log_level: uvicorn's log level.
         on_bind: called with the URL once the socket is bound (before serving), e.g. to print it.
+        sock: an already bound, listening socket to serve on instead of binding ``host:port`` (the worker
+            processes of ``serve --workers N`` share their parent's).
 
     Returns:
         The URL that was served.
     """
     app = create_app(
-        encoder,
+        source,
         keys_path=keys_path,
         ledger_path=ledger_path,
         defences=defences,
         max_batch=max_batch,
         max_body_bytes=max_body_bytes,
         synchronous=synchronous,
+        **app_options,
     )
-    sock = _bind(host, port)
+    sock = sock if sock is not None else _bind(host, port)
     url = _url(host, sock.getsockname()[1])
     if on_bind is not None:
         on_bind(url)
@@ -443,80 +284,6 @@ def background_server(
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-def _error(
-    status: int,
-    message: str,
-    *,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> JSONResponse:
-    content = {"detail": message, "code": code or _CODES.get(status, "error"), **(extra or {})}
-    return JSONResponse(content, status_code=status, headers=headers)
-
-
-def _quota_message(n: int, remaining: int, quota: int | None) -> str:
-    if remaining == 0:
-        return f"quota exhausted: 0 of {quota} images remain for this key"
-    return f"request of {n} images exceeds the quota: {remaining} of {quota} images remain for this key"
-
-
-def _presented_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization")
-    if auth:
-        scheme, _, value = auth.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" else None
-    return request.headers.get("x-api-key")
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """Read the body, refusing (413) as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise APIError(f"invalid Content-Length {declared!r}", status=400) from None
-        if size > limit:
-            raise APIError(f"request body of {size} bytes exceeds the limit of {limit} bytes", status=413)
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise APIError(f"request body exceeds the limit of {limit} bytes", status=413)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _parse_multipart(request: Request, body: bytes, max_batch: int) -> list[tuple[str, bytes]]:
-    from starlette import formparsers
-
-    if getattr(formparsers, "multipart", None) is None:
-        raise APIError("multipart uploads need python-multipart on the server; send JSON", status=415)
-
-    async def replay() -> AsyncGenerator[bytes, None]:
-        yield body
-        yield b""
-
-    parser = formparsers.MultiPartParser(request.headers, replay(), max_files=max_batch + 1, max_fields=16)
-    try:
-        form = await parser.parse()
-    except formparsers.MultiPartException as exc:
-        raise APIError(f"malformed multipart body: {exc.message}", status=400) from None
-    except Exception as exc:  # python-multipart raises several types for garbage
-        raise APIError(f"malformed multipart body: {exc}", status=400) from None
-    try:
-        files: list[tuple[str, bytes]] = []
-        for item in form.getlist("files"):
-            if isinstance(item, str):
-                raise APIError("form field 'files' must hold file uploads, not text", status=400)
-            files.append((item.filename or f"file{len(files)}", await item.read()))
-        return files
-    finally:
-        await form.close()
-
-
 @contextlib.contextmanager
 def _stop_signals_end_quietly() -> Iterator[None]:
     """Make SIGINT/SIGTERM a normal end of :func:`run_server`.
@@ -540,7 +307,9 @@ def _bind(host: str, port: int) -> socket.socket:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an int in [0, 65535], got {port!r}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP, and
+    # without it Nagle's algorithm meets the client's delayed ACK and every small answer waits ~40 ms.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -559,8 +328,11 @@ def _url(host: str, port: int) -> str:
 def _uvicorn_server(app: FastAPI, log_level: str) -> Any:
     import uvicorn
 
+    from encoderguard.api.http_protocol import JSONErrorH11Protocol
+
     config = uvicorn.Config(
         app,
+        http=JSONErrorH11Protocol,
         log_level=log_level,
         access_log=False,
         lifespan="on",

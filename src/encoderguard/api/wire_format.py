@@ -115,6 +115,8 @@ def decode_array(body: bytes, *, input_shape: Sequence[int], max_batch: int) -> 
             f"unsupported dtype {dtype!r}; use one of {sorted(WIRE_DTYPES)}", status=INVALID_INPUT_STATUS
         )
     expected = tuple(int(v) for v in input_shape)
+    if isinstance(shape, list):  # JSON Schema counts 2.0 as an integer, so the server does too
+        shape = [int(v) if isinstance(v, float) and v.is_integer() else v for v in shape]
     if (
         not isinstance(shape, list)
         or len(shape) != 4

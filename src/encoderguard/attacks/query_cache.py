@@ -10,17 +10,24 @@ A cache is a directory:
   ``[n]`` (index into the query set), ``views`` int64 ``[n]``, ``input_sha256`` uint8 ``[n, 32]`` (digest of the
   exact float32 image sent) and ``answers`` float32 ``[n, D]``; the header metadata repeats the fingerprint digest.
 
+- ``.lock``: held (``fcntl.flock``) by the run that has the cache open, so a second concurrent run on the same directory
+  fails at once with a clear message instead of interleaving its writes; the lock dies with its process.
+
 A process killed at any moment leaves only whole segment files (plus, at worst, a temporary file that the next
 open removes). Every segment is validated on reload: name, fingerprint, tensor names, dtypes and shapes, finite
-answers, no overlap. The one loss a client-side cache cannot prevent: a batch the server has charged whose answer
-had not yet reached this directory when the process died is paid again on the rerun.
+answers, no overlap. A batch the server has charged whose answer had not yet reached this directory when the process
+died is sent again on the rerun; against an ``encoderguard serve`` API the client's idempotency key makes the server
+replay its stored answer for free, so it is not paid twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +41,7 @@ from encoderguard.models.checkpoint import atomic_save_tensors, atomic_write_byt
 CACHE_FORMAT = "encoderguard-query-cache"
 CACHE_VERSION = 1
 META_FILE = "meta.json"
+LOCK_FILE = ".lock"
 _SEGMENT_RE = re.compile(r"^answers-(\d{9})-(\d{9})\.safetensors$")
 _TENSORS = {"sources": torch.int64, "views": torch.int64, "input_sha256": torch.uint8, "answers": torch.float32}
 
@@ -80,7 +88,8 @@ class QueryCache:
 
     Raises:
         QueryCacheError: if ``path`` holds a cache with another fingerprint, a malformed ``meta.json``, or a
-            segment that fails validation (the message names the file and what to delete).
+            segment that fails validation (the message names the file and what to delete), or if another run has
+            it open (the lock is released by :meth:`close`, the end of a ``with`` block, or the process's end).
         ValueError: if ``fingerprint`` has no positive int ``"dim"``.
 
     Example:
@@ -100,10 +109,30 @@ class QueryCache:
         if self.path.exists() and not self.path.is_dir():
             raise QueryCacheError(f"query cache {self.path} is a file, not a directory")
         self.path.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.glob(".answers-*.tmp"):  # left by a process killed mid-write
-            stale.unlink(missing_ok=True)
-        self._check_meta()
-        self._segments = self._load_segments()
+        self._lock_handle: _DirLock | None = _lock(self.path / LOCK_FILE)
+        try:
+            for stale in self.path.glob(".answers-*.tmp"):  # left by a process killed mid-write
+                stale.unlink(missing_ok=True)
+            self._check_meta()
+            self._segments = self._load_segments()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the directory's lock (the cache can still be read, but open it again to append)."""
+        handle, self._lock_handle = getattr(self, "_lock_handle", None), None
+        if handle is not None:
+            handle.close()
+
+    def __enter__(self) -> QueryCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
     # -- reading ---------------------------------------------------------------------------------------------
     @property
@@ -175,6 +204,8 @@ class QueryCache:
             raise ValueError(f"cannot cache a batch of {n} answers: {problem or 'empty batch'}")
         if not bool(torch.isfinite(tensors["answers"]).all()):
             raise ValueError("refusing to cache NaN or infinite answers")
+        if self._lock_handle is None:
+            raise QueryCacheError(f"query cache {self.path} was closed; open it again to append")
         stop = start + n
         for segment in self._segments:
             if segment.start < stop and start < segment.stop:
@@ -248,6 +279,63 @@ class QueryCache:
             if after.start < before.stop:
                 raise QueryCacheError(f"{before.path.name} and {after.path.name} overlap; delete one of them")
         return segments
+
+
+# Locks this process holds, by cache directory: several QueryCache objects of one process may share a directory (a
+# sweep fills the largest budget, then each attack reopens it); only other processes are kept out.
+_HELD: dict[str, list[Any]] = {}
+_HELD_LOCK = threading.Lock()
+
+
+class _DirLock:
+    """This process's share of a cache directory's exclusive ``flock``."""
+
+    def __init__(self, path: Path) -> None:
+        self.key = str(path.resolve())
+        with _HELD_LOCK:
+            held = _HELD.get(self.key)
+            if held is None:
+                held = _HELD[self.key] = [_flock(path), 0]
+            held[1] += 1
+
+    def close(self) -> None:
+        with _HELD_LOCK:
+            held = _HELD.get(self.key)
+            if held is None:
+                return
+            held[1] -= 1
+            if held[1] <= 0:
+                del _HELD[self.key]
+                with contextlib.suppress(OSError):
+                    held[0].close()  # closing the descriptor releases the flock
+
+
+def _lock(path: Path) -> _DirLock:
+    return _DirLock(path)
+
+
+def _flock(path: Path) -> Any:
+    """Take the directory's exclusive lock, or fail naming the process that holds it."""
+    handle = open(path, "a+")
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, concurrent runs are the user's responsibility
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()[:20]
+        handle.close()
+        raise QueryCacheError(
+            f"query cache {path.parent} is in use by another run{f' (pid {holder})' if holder else ''}; wait for it "
+            "to finish, or give this run another cache directory"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def _shape_problem(tensors: dict[str, torch.Tensor], n: int, dim: int) -> str:

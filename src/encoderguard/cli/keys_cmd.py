@@ -13,8 +13,8 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "keys",
         help="issue, revoke and list API keys",
-        description="Manage the API keys file of 'encoderguard serve'. The file stores only "
-        "salted hashes; a new key is printed once.",
+        description="Manage the API keys file of 'encoderguard serve'. The file stores only keyed "
+        "hashes (their pepper lives in <keys>.pepper, 0600); a new key is printed once.",
     )
     p.set_defaults(handler=sys.modules[__name__])
     actions = p.add_subparsers(dest="keys_action", metavar="ACTION")

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from encoderguard.cli.main import add_common
+from encoderguard.errors import EncoderGuardError
 
 
 def add_parser(subparsers: Any) -> None:
@@ -15,24 +16,44 @@ def add_parser(subparsers: Any) -> None:
         help="per-key usage of a served API",
         description="Summarise the query ledger: images answered, requests and rejections per API key.",
     )
-    p.add_argument("--ledger", default="ledger.sqlite", help="ledger file (default: ledger.sqlite)")
-    p.add_argument("--check", action="store_true", help="also run SQLite's integrity check")
+    p.add_argument("--ledger", default="ledger.sqlite",
+                   help="ledger file (default: ledger.sqlite) or postgresql://USER@HOST:PORT/DB (read-only access)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="also run SQLite's integrity check and report damage (exit status 1 if the file is damaged)",
+    )
     add_common(p)
     p.set_defaults(handler=sys.modules[__name__])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    import sqlite3
+
     from encoderguard.api.ledger import Ledger
 
-    with Ledger(args.ledger, create=False) as ledger:
-        result = ledger.summary()
+    # Read-only: a mode=ro connection, no schema changes and no write lock on a ledger a server may be using.
+    with Ledger(args.ledger, read_only=True) as ledger:
+        result: dict[str, Any] = {}
         if args.check:
             result["integrity_check"] = ledger.integrity_check()
+        try:
+            result.update(ledger.summary())
+        except sqlite3.DatabaseError as exc:
+            if not args.check:
+                raise EncoderGuardError(
+                    f"ledger {ledger.path} cannot be read ({exc}); 'encoderguard ledger --check' reports the damage"
+                ) from None
+            result["error"] = f"cannot summarise the ledger: {exc}"
+    if args.check and result["integrity_check"] != "ok":
+        result["_exit_code"] = 1
     return result
 
 
 def render(result: dict[str, Any]) -> str:
     lines = [f"{'key id':10}  {'name':20}  {'images':>10}  {'requests':>9}  {'rejected':>9}"]
+    if "error" in result:
+        return f"integrity check: {result['integrity_check']}\n{result['error']}"
     for key_id, k in result["keys"].items():
         lines.append(
             f"{key_id:10}  {str(k['name'])[:20]:20}  {k['queries']:>10}  {k['requests']:>9}  "

@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from encoderguard.cli.common import input_shape
 from encoderguard.cli.main import add_common
-from encoderguard.errors import EncoderGuardError
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -20,13 +20,24 @@ def add_parser(subparsers: Any) -> None:
         "GET /health, docs at /docs). Keys come from 'encoderguard keys add'; "
         "every request is recorded in the ledger.",
     )
-    p.add_argument("--encoder", required=True, help="encoder checkpoint directory (safetensors + card.json)")
+    p.add_argument("--encoder", required=True,
+                   help="encoder checkpoint directory (safetensors + card.json), or onnx:PATH for an ONNX model")
+    p.add_argument("--input-shape", type=input_shape, default=None, metavar="C,H,W",
+                   help="image shape of an ONNX model with dynamic dimensions, e.g. 3,32,32")
     p.add_argument(
         "--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, loopback only)"
     )
     p.add_argument("--port", type=int, required=True, help="TCP port; 0 picks a free one (printed on stderr)")
     p.add_argument("--keys", required=True, help="keys file written by 'encoderguard keys add'")
-    p.add_argument("--ledger", default="ledger.sqlite", help="ledger file (default: ledger.sqlite)")
+    p.add_argument("--ledger", default="ledger.sqlite",
+                   help="ledger: a SQLite file (default: ledger.sqlite) or postgresql://USER@HOST:PORT/DB, which "
+                        "several serve processes (other ports, other hosts) share as one service with exact quotas "
+                        "(pip install 'encoderguard[postgres]')")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes on this host sharing the port and the ledger (default 1); quotas hold "
+                        "across them, the per-key rate limit is per process")
+    p.add_argument("--listen-fd", type=int, default=None, metavar="FD",
+                   help="serve on this inherited, already listening socket (set by --workers for its processes)")
     p.add_argument("--max-batch", type=int, default=1024, help="most images per request (default: 1024)")
     p.add_argument(
         "--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default: 32)"
@@ -38,6 +49,9 @@ def add_parser(subparsers: Any) -> None:
         metavar="SPEC",
         help="defence applied to every answer, in order (repeatable)",
     )
+    p.add_argument("--watermark-key", default=None, metavar="FILE",
+                   help="mark every answer with the serving-time watermark of this key file (encoderguard watermark "
+                        "keygen), before the defences (the mark is computed on clean answers)")
     p.add_argument(
         "--log-level",
         default="warning",
@@ -48,25 +62,47 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(handler=sys.modules[__name__])
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
     if not args.max_body_mb > 0:
         raise ValueError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
-    try:
-        from encoderguard.api.server import run_server
-    except ImportError as exc:
-        raise EncoderGuardError(
-            f"serving needs the server extra: pip install 'encoderguard[server]' ({exc})"
-        ) from None
-    defences = _parse_defences(args.defence)
-    try:
-        from encoderguard.models import load_encoder  # type: ignore[attr-defined]
-    except ImportError:
-        raise EncoderGuardError(
-            "loading encoders is not available in this build (encoderguard.models)"
-        ) from None
-    encoder = load_encoder(args.encoder)
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    from encoderguard.optional import require
+
+    for module in ("fastapi", "uvicorn"):
+        require(module, extra="server", purpose="encoderguard serve")
+    from encoderguard.api.server import run_server
+    from encoderguard.defences import parse_defences
+    from encoderguard.models import load_any
+
+    defences = list(parse_defences(args.defence)) if args.defence else []
+    if args.watermark_key:
+        from encoderguard.defences.output_watermark import OutputWatermark
+
+        defences.insert(0, OutputWatermark(key=args.watermark_key))  # a missing or corrupt key fails here
+    from encoderguard.api.keys import KeyStore
+
+    KeyStore(args.keys).load()  # a malformed keys file fails now, in one line, before the encoder is loaded
+    from encoderguard.api.ledger import is_postgres_url
+
+    shown_ledger = str(args.ledger)
+    if is_postgres_url(shown_ledger):
+        from encoderguard.api.postgres_ledger import redact_url
+
+        shown_ledger = redact_url(shown_ledger)
+    if args.workers > 1 and args.listen_fd is None:
+        from encoderguard.api.worker_pool import run_workers
+
+        def announce_pool(url: str) -> None:
+            print(f"encoderguard serve: listening on {url} with {args.workers} worker processes (docs at "
+                  f"{url}/docs)", file=sys.stderr, flush=True)
+
+        url = run_workers(argv=args.argv, workers=args.workers, host=args.host, port=args.port,
+                          on_bind=announce_pool)
+        return {"url": url, "stopped": True, "ledger": shown_ledger, "workers": args.workers}
+    encoder = load_any(args.encoder, input_shape=args.input_shape)
     if args.host not in _LOOPBACK:
         print(
             f"encoderguard serve: warning: binding {args.host} serves API keys over plain HTTP; "
@@ -77,6 +113,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def announce(url: str) -> None:
         print(f"encoderguard serve: listening on {url} (docs at {url}/docs)", file=sys.stderr, flush=True)
 
+    sock = None
+    if args.listen_fd is not None:  # a worker: serve on the parent's socket, let the parent announce
+        import socket
+
+        sock = socket.socket(fileno=args.listen_fd)
+        announce = None  # type: ignore[assignment]
     url = run_server(
         encoder,
         keys_path=args.keys,
@@ -88,15 +130,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         max_body_bytes=max(1024, int(args.max_body_mb * 2**20)),
         log_level=args.log_level,
         on_bind=announce,
+        sock=sock,
     )
-    return {"url": url, "stopped": True, "ledger": str(args.ledger)}
-
-
-def _parse_defences(specs: list[str]) -> list[Any]:
-    if not specs:
-        return []
-    try:
-        from encoderguard.defences import parse_defences  # type: ignore[attr-defined]
-    except ImportError:
-        raise EncoderGuardError("defences are not available in this build") from None
-    return list(parse_defences(specs))
+    if args.listen_fd is not None:
+        return None  # a worker: the pool's parent reports
+    return {"url": url, "stopped": True, "ledger": shown_ledger}
