@@ -23,10 +23,11 @@ from steal_server import add_key, ledger_queries, served  # noqa: E402
 
 from encoderguard.api import HTTPEmbeddingAPI  # noqa: E402
 from encoderguard.attacks import victim_reference  # noqa: E402
-from encoderguard.data import SplitSpec, load_split, parse_data_spec  # noqa: E402
-from encoderguard.experiments.sweep import DEFAULT_FRACTIONS, budgets_from_fractions, run_sweep  # noqa: E402
+from encoderguard.data import SplitSpec, load_split, owner_spec, parse_data_spec  # noqa: E402
 from encoderguard.models import load_checkpoint, load_encoder  # noqa: E402
-from encoderguard.train.evaluate import probe_sets, random_init_like  # noqa: E402
+from encoderguard.models.checkpoint_probe import probe_sets  # noqa: E402
+from encoderguard.models.random_init import random_init_like  # noqa: E402
+from encoderguard.scenarios.sweep import DEFAULT_FRACTIONS, budgets_from_fractions, run_sweep  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +45,7 @@ def main() -> None:
                    help="no stealing: recompute the reference lines and rewrite the table and plots of OUT/sweep.json")
     args = p.parse_args()
     ckpt = load_checkpoint(args.victim)
-    spec = SplitSpec.from_dict(ckpt.card.data or {})
+    spec = owner_spec(ckpt.card)
     if args.replot:
         replot(args, ckpt, spec)
         return
@@ -77,8 +78,8 @@ def main() -> None:
 
 def replot(args: argparse.Namespace, ckpt, spec: SplitSpec) -> None:  # type: ignore[no-untyped-def]
     from encoderguard.attacks import mean_cosine
-    from encoderguard.experiments.sweep import SweepRow, plot_sweep, write_table
-    from encoderguard.train.probe import encode
+    from encoderguard.models.probe import encode
+    from encoderguard.scenarios.sweep import SweepRow, plot_sweep, write_table
 
     path = Path(args.out, "sweep.json")
     report = json.loads(path.read_text())

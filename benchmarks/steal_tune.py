@@ -23,10 +23,10 @@ import torch
 
 from encoderguard.api import LocalAPI
 from encoderguard.attacks import StealingAttack, mean_cosine
-from encoderguard.data import SplitSpec, load_split
+from encoderguard.data import owner_split
 from encoderguard.models import load_checkpoint
-from encoderguard.train.evaluate import random_init_like
-from encoderguard.train.probe import encode, probe_features
+from encoderguard.models.probe import encode, probe_features
+from encoderguard.models.random_init import random_init_like
 
 
 def main() -> None:
@@ -48,14 +48,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     ckpt = load_checkpoint(args.victim)
-    spec = SplitSpec.from_dict(ckpt.card.data or {})
-    heldout = load_split(spec.with_split("owner-heldout"))
+    heldout = owner_split(ckpt.card, "owner-heldout")
     val_fid, val_train, val_test = heldout.head(2000), heldout.subset(slice(2000, 4000)), heldout.subset(
         slice(4000, 6000))
     victim_fid = encode(ckpt.encoder, val_fid)
     victim_probe = probe_features(encode(ckpt.encoder, val_train), val_train.labels, encode(ckpt.encoder, val_test),
                                   val_test.labels)
-    query = load_split(spec.with_split("query"))
+    query = owner_split(ckpt.card, "query")
     api = LocalAPI(ckpt.encoder, key="tune")
     cache = Path("benchmarks/out/tune_cache") / f"{args.mode}{args.views}-seed{args.seed}"
     print(f"victim validation probe {victim_probe.linear_acc:.4f}")

@@ -31,10 +31,10 @@ from steal_server import add_key, ledger_queries, served  # noqa: E402
 
 from encoderguard.api import HTTPEmbeddingAPI  # noqa: E402
 from encoderguard.attacks import StealingAttack, evaluate_copy, victim_reference  # noqa: E402
-from encoderguard.data import SplitSpec, create_augmentation, load_split  # noqa: E402
+from encoderguard.data import create_augmentation, owner_spec, owner_split  # noqa: E402
 from encoderguard.models import load_checkpoint  # noqa: E402
-from encoderguard.train.evaluate import probe_sets  # noqa: E402
-from encoderguard.train.progress import progress_bar  # noqa: E402
+from encoderguard.models.checkpoint_probe import probe_sets  # noqa: E402
+from encoderguard.progress import progress_bar  # noqa: E402
 
 
 def seed_steal(api: HTTPEmbeddingAPI, attack: StealingAttack, images: torch.Tensor) -> tuple[nn.Module, float]:
@@ -91,8 +91,8 @@ def main() -> None:
     p.add_argument("--query-data", default="query", help="split of the victim's dataset")
     args = p.parse_args()
     ckpt = load_checkpoint(args.victim)
-    spec = SplitSpec.from_dict(ckpt.card.data or {})
-    query = load_split(spec.with_split(args.query_data))
+    spec = owner_spec(ckpt.card)
+    query = owner_split(ckpt.card, args.query_data)
     probe_train, probe_test = probe_sets(spec.dataset, split_seed=spec.split_seed)
     reference = victim_reference(ckpt.encoder, probe_train, probe_test)
     work = Path(tempfile.mkdtemp(prefix="steal_vs_seed_"))

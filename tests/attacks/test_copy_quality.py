@@ -7,8 +7,9 @@ from tests.conftest import tiny_encoder
 from encoderguard.api import LocalAPI
 from encoderguard.attacks import StealingAttack, evaluate_copy, mean_cosine, victim_reference
 from encoderguard.data import SplitSpec, load_split
-from encoderguard.train.evaluate import probe_sets, random_init_like
-from encoderguard.train.probe import encode
+from encoderguard.models.checkpoint_probe import probe_sets
+from encoderguard.models.probe import encode
+from encoderguard.models.random_init import random_init_like
 from encoderguard.train.supervised import train_supervised
 
 

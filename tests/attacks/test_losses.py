@@ -17,6 +17,7 @@ from encoderguard.attacks.losses import (
     CosineLoss,
     InfoNCELoss,
     MSELoss,
+    RDALoss,
     SoftNNLoss,
     StealingLoss,
     WassersteinLoss,
@@ -350,7 +351,7 @@ def test_batch_size_one(name: str) -> None:
 
 def test_batch_contrastive_losses_need_two_rows() -> None:
     contrastive = {name for name, cls in LOSSES.items() if cls.min_batch_size >= 2}
-    assert contrastive == {"infonce", "softnn", "barlow"}
+    assert contrastive == {"infonce", "softnn", "barlow", "rda"}
 
 
 def test_victim_of_other_dtype_is_cast() -> None:
@@ -371,6 +372,7 @@ def test_registry_names_and_classes() -> None:
         "softnn": SoftNNLoss,
         "wasserstein": WassersteinLoss,
         "barlow": BarlowTwinsLoss,
+        "rda": RDALoss,
     }
     loss_fn = create_loss("InfoNCE", temperature=0.2, symmetric=True)
     assert isinstance(loss_fn, InfoNCELoss) and loss_fn.temperature == 0.2 and loss_fn.symmetric

@@ -1,5 +1,5 @@
 """A thief's output transforms (:mod:`encoderguard.attacks.output_transforms`) and the API that serves them
-(:class:`~encoderguard.api.transformed_api.TransformedAPI`)."""
+(:class:`~encoderguard.api.delegating_api.TransformedAPI`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from tests.conftest import tiny_encoder
 
 from encoderguard.api import LocalAPI
-from encoderguard.api.transformed_api import TransformedAPI
+from encoderguard.api.delegating_api import TransformedAPI
 from encoderguard.attacks.output_transforms import TRANSFORMS, create_transform
 
 D = 16

@@ -135,13 +135,14 @@ def test_siamese_mode_counts_every_view(tmp_path, queries):
     whole = plan.inputs(queries, 0, 300)
     pieces = torch.cat([plan.inputs(queries, a, b) for a, b in ((0, 7), (7, 260), (260, 300))])
     assert torch.equal(whole, pieces)
-    with pytest.raises(ValueError, match="views=2 needs mode='siamese'"):
-        _attack(api, tmp_path, views=2)
+    clean_views = RecordingAPI(LocalAPI(_victim()))  # in clean mode, views are training views: no extra queries
+    _attack(clean_views, tmp_path, name="clean-views", budget=20, views=2).extract(queries)
+    assert clean_views.queries_used == 20 and len(set(clean_views.digests)) == 20
 
 
 def test_projection_when_dimensions_differ(tmp_path, queries):
     from encoderguard.attacks import evaluate_copy, victim_reference
-    from encoderguard.train.evaluate import probe_sets
+    from encoderguard.models.checkpoint_probe import probe_sets
 
     victim = _victim(dim=16)
     result = _attack(LocalAPI(victim), tmp_path, embed_dim=8, budget=64).extract(queries)
@@ -182,3 +183,18 @@ def test_copy_never_starts_from_the_initial_weights_of_a_same_seed_encoder(tmp_p
         assert not torch.equal(copy.state_dict()[first], owner_init.state_dict()[first])
         again, _ = attack.build_copy((1, 8, 8), 16)  # but the copy's own initialisation is reproducible
         assert torch.equal(again.state_dict()[first], copy.state_dict()[first])
+
+
+@pytest.mark.parametrize("n, epochs", [(32, 10), (16, 1), (32, 1), (64, 5)])
+def test_train_copy_runs_with_few_optimiser_steps(n, epochs):
+    """20 steps once divided by zero in the learning-rate warm-up; 1 or 2 steps have no schedule at all."""
+    from encoderguard.attacks.losses import create_loss
+    from encoderguard.attacks.stealing import train_copy
+    from encoderguard.models import create_encoder
+
+    torch.manual_seed(0)
+    copy = create_encoder("convnet", input_shape=(1, 8, 8), embed_dim=8, width=4, depth=2)
+    images = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8)
+    losses = train_copy(copy, images, torch.randn(n, 8), loss=create_loss("mse"), epochs=epochs, batch_size=16,
+                        progress=False)
+    assert len(losses) == epochs and all(torch.isfinite(torch.tensor(losses)))

@@ -10,8 +10,8 @@ import torch
 from encoderguard.api import LocalAPI
 from encoderguard.attacks import victim_reference
 from encoderguard.data import SplitSpec, load_split
-from encoderguard.experiments.sweep import budgets_from_fractions, run_sweep
-from encoderguard.train.evaluate import probe_sets
+from encoderguard.models.checkpoint_probe import probe_sets
+from encoderguard.scenarios.sweep import budgets_from_fractions, run_sweep
 
 
 def test_budgets_from_fractions():

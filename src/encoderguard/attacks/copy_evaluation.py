@@ -1,12 +1,15 @@
 """How good is a stolen copy? Downstream accuracy against the victim's and random init's, and fidelity.
 
-- **Accuracy**: the same probe as the victim's (:func:`encoderguard.train.probe_model`: standardised logistic
+- **Accuracy**: the same probe as the victim's (:func:`encoderguard.models.probe_model`: standardised logistic
   regression and cosine kNN on frozen features) on ``probe-train``/``probe-test`` of the victim's dataset.
 - **Gain recovery** ``(copy - random init) / (victim - random init)`` of the linear-probe accuracy: the share of
   what training added to the architecture that the thief recovered (1: as good as the victim; 0: no better than
   an untrained network).
 - **Fidelity**: mean cosine similarity between the copy's and the victim's answers on ``probe-test`` images, which
   an attacker querying another split never sent.
+- **kNN agreement**: mean overlap of each ``probe-test`` image's 10 nearest neighbours (cosine, among probe-test)
+  under the copy and under the victim: 1 when a copy ranks neighbours exactly as the victim does, whatever the
+  coordinates; about ``k / n`` for unrelated encoders.
 
 The victim's side comes either from the owner's encoder (an owner-side evaluation that costs no queries), or from
 the API itself; API answers go through a :class:`~encoderguard.attacks.query_cache.QueryCache`, so a rerun of an
@@ -30,8 +33,9 @@ from encoderguard.attacks.query_cache import QueryCache
 from encoderguard.attacks.stealing import fill_cache
 from encoderguard.data.image_set import ImageSet
 from encoderguard.models.encoder import Encoder
-from encoderguard.train.evaluate import random_init_like
-from encoderguard.train.probe import encode, probe_features
+from encoderguard.models.probe import encode, probe_features
+from encoderguard.models.random_init import random_init_like
+from encoderguard.progress import progress_bar
 
 
 def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -51,6 +55,40 @@ def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
         raise ValueError(f"mean_cosine needs two equal non-empty [N, D] tensors, got {list(a.shape)} and "
                          f"{list(b.shape)}")
     return float(F.cosine_similarity(a.double(), b.double(), dim=1, eps=1e-12).mean())
+
+
+def knn_agreement(a: torch.Tensor, b: torch.Tensor, *, k: int = 10, chunk: int = 1024) -> float:
+    """Mean overlap of the ``k`` nearest neighbours (cosine, self excluded) of each row under ``a`` and under ``b``.
+
+    Args:
+        a: ``[N, Da]`` representations of ``N`` inputs by one encoder.
+        b: ``[N, Db]`` representations of the same inputs by another (sizes may differ).
+        k: neighbours per row, ``1 <= k < N``.
+        chunk: rows per similarity block (memory).
+
+    Returns:
+        A float in ``[0, 1]``: ``|knn_a(i) & knn_b(i)| / k`` averaged over rows.
+
+    Raises:
+        ValueError: ``a`` and ``b`` not 2-D with the same ``N``, or ``k`` out of range.
+    """
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"knn_agreement needs [N, Da] and [N, Db], got {list(a.shape)} and {list(b.shape)}")
+    n = int(a.shape[0])
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in 1..{n - 1}, got {k}")
+    ua, ub = F.normalize(a.double(), dim=1), F.normalize(b.double(), dim=1)
+    overlap = 0
+    for start in range(0, n, chunk):
+        rows = torch.arange(start, min(start + chunk, n))
+        neighbours = []
+        for u in (ua, ub):
+            sims = u[rows] @ u.T
+            sims[torch.arange(len(rows)), rows] = -math.inf
+            neighbours.append(sims.topk(k, dim=1).indices)
+        hits = (neighbours[0].unsqueeze(2) == neighbours[1].unsqueeze(1)).any(2)
+        overlap += int(hits.sum())
+    return overlap / (n * k)
 
 
 def gain_recovery(copy_acc: float, victim_acc: float, random_acc: float) -> float:
@@ -76,6 +114,7 @@ class CopyEvaluation:
         n_train, n_test: probe set sizes.
         victim_source: ``"owner"`` (the victim's encoder, no queries) or ``"api"`` (paid answers).
         eval_queries_paid: API queries this evaluation paid for (0 for ``"owner"`` or when cached).
+        knn_agreement: overlap of the 10 nearest neighbours on probe-test, copy vs victim (:func:`knn_agreement`).
     """
 
     linear_acc: float
@@ -91,6 +130,7 @@ class CopyEvaluation:
     n_test: int
     victim_source: str
     eval_queries_paid: int = 0
+    knn_agreement: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,7 +189,7 @@ def victim_reference(victim: nn.Module | EmbeddingAPI, probe_train: ImageSet, pr
 
 
 def evaluate_copy(copy: Encoder, victim: VictimReference, probe_train: ImageSet, probe_test: ImageSet, *,
-                  projector: nn.Module | None = None, random_seed: int = 0) -> CopyEvaluation:
+                  projector: nn.Module | None = None, random_seed: int = 0, progress: bool = False) -> CopyEvaluation:
     """Probe the copy, the victim and a random-init twin of the copy on the same sets; measure fidelity.
 
     Args:
@@ -160,6 +200,7 @@ def evaluate_copy(copy: Encoder, victim: VictimReference, probe_train: ImageSet,
         projector: the copy's learned map to the victim's space, if any (used for fidelity only: the probe reads
             the copy's own representation).
         random_seed: initialisation seed of the random-init twin.
+        progress: a progress bar over the three probes on stderr.
 
     Returns:
         The evaluation.
@@ -171,12 +212,17 @@ def evaluate_copy(copy: Encoder, victim: VictimReference, probe_train: ImageSet,
     if victim.train.shape[0] != len(probe_train) or victim.test.shape[0] != len(probe_test):
         raise ValueError(f"victim representations {list(victim.train.shape)}/{list(victim.test.shape)} do not match "
                          f"the probe sets ({len(probe_train)}/{len(probe_test)} images)")
-    copy_train, copy_test = encode(copy, probe_train), encode(copy, probe_test)
-    copy_probe = probe_features(copy_train, probe_train.labels, copy_test, probe_test.labels)
-    victim_probe = probe_features(victim.train, probe_train.labels, victim.test, probe_test.labels)
-    twin = random_init_like(copy, seed=random_seed)
-    random_probe = probe_features(encode(twin, probe_train), probe_train.labels, encode(twin, probe_test),
-                                  probe_test.labels)
+    with progress_bar(progress) as bar:
+        task = bar.add_task("evaluation", total=3, info="probing the copy")
+        copy_train, copy_test = encode(copy, probe_train), encode(copy, probe_test)
+        copy_probe = probe_features(copy_train, probe_train.labels, copy_test, probe_test.labels)
+        bar.update(task, advance=1, info="probing the victim")
+        victim_probe = probe_features(victim.train, probe_train.labels, victim.test, probe_test.labels)
+        bar.update(task, advance=1, info="probing the copy's architecture at random init")
+        twin = random_init_like(copy, seed=random_seed)
+        random_probe = probe_features(encode(twin, probe_train), probe_train.labels, encode(twin, probe_test),
+                                      probe_test.labels)
+        bar.update(task, advance=1, info="")
     answers = copy_test
     if projector is not None:
         with torch.no_grad():
@@ -192,4 +238,5 @@ def evaluate_copy(copy: Encoder, victim: VictimReference, probe_train: ImageSet,
         gain_recovery=gain_recovery(copy_probe.linear_acc, victim_probe.linear_acc, random_probe.linear_acc),
         knn_gain_recovery=gain_recovery(copy_probe.knn_acc, victim_probe.knn_acc, random_probe.knn_acc),
         fidelity_cosine=mean_cosine(answers, victim.test), n_train=len(probe_train), n_test=len(probe_test),
-        victim_source=victim.source, eval_queries_paid=victim.queries_paid)
+        victim_source=victim.source, eval_queries_paid=victim.queries_paid,
+        knn_agreement=knn_agreement(answers, victim.test) if len(probe_test) > 10 else math.nan)

@@ -33,16 +33,19 @@ import torch
 from torch import nn
 
 from encoderguard.api.protocol import EmbeddingAPI
-from encoderguard.attacks.losses import StealingLoss, create_loss
+from encoderguard.attacks.answer_reuse import reuse_loss, sample_prototypes
+from encoderguard.attacks.losses import RDALoss, StealingLoss, create_loss
 from encoderguard.attacks.queries import QueryPlan, data_digest, image_digest
 from encoderguard.attacks.query_cache import CachedAnswers, QueryCache, QueryCacheError
+from encoderguard.attacks.selection import check_selection, kcenter_plan, pay_in_rounds, rounds_plan
 from encoderguard.data.augment import AUGMENTATIONS, create_augmentation
 from encoderguard.data.image_set import ImageSet
 from encoderguard.errors import APIError, DataError
 from encoderguard.models.encoder import Encoder
 from encoderguard.models.heads import projection_head
 from encoderguard.models.registry import create_encoder
-from encoderguard.train.progress import progress_bar
+from encoderguard.progress import progress_bar
+from encoderguard.train.distributed import ClosureStep, current
 
 DEFAULT_ARCH_KWARGS: dict[str, Any] = {"width": 32, "depth": 4, "pool": "avg"}
 COPY_AUGMENTATIONS = ("none", *AUGMENTATIONS)
@@ -103,7 +106,9 @@ class StealingAttack:
         loss_kwargs: settings of a loss given by name, e.g. ``{"temperature": 0.1}``.
         mode: ``"clean"`` (default; the copy's augmented views reuse the clean input's paid answer) or
             ``"siamese"`` (the victim answers augmented views, each a paid query).
-        views: victim views per input in siamese mode (budget ``b`` buys ``ceil(b / views)`` inputs).
+        views: in siamese mode, victim views per input, each a paid query (budget ``b`` buys ``ceil(b / views)``
+            inputs); in clean mode, augmented views of each paid input per training step, all trained towards its
+            one paid answer (offline: no extra queries).
         order: ``"random"`` (default) or ``"sequential"`` order in which query inputs are spent.
         query_batch: images per request to the API.
         epochs: training epochs over the cached answers.
@@ -125,6 +130,12 @@ class StealingAttack:
             cache is never reused against another victim.
         progress: show progress bars on stderr.
         device: torch device of the copy's training.
+        selection: which inputs to pay for: ``"random"`` (default), ``"kcenter"`` (coverage of a pixel-PCA proxy)
+            or ``"rounds"`` (uncertainty rounds); see :mod:`encoderguard.attacks.selection`.
+        rounds: rounds of ``selection="rounds"`` (``>= 1``).
+        mixup: Beta concentration of mixup between paid inputs with mixed targets (0, the default: off).
+        prototypes: train towards per-input prototypes (mean unit answer of its paid views); ``None`` (default):
+            exactly when the loss is ``rda``.
 
     Raises:
         ValueError: for a bad setting (quoting it) or an unknown loss (listing the choices).
@@ -161,6 +172,10 @@ class StealingAttack:
         victim_id: str = "",
         progress: bool = True,
         device: str = "cpu",
+        selection: str = "random",
+        rounds: int = 4,
+        mixup: float = 0.0,
+        prototypes: bool | None = None,
     ) -> None:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
@@ -180,15 +195,15 @@ class StealingAttack:
                                  f"got {number!r}")
         if augmentation not in COPY_AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {augmentation!r}; choose one of: {', '.join(COPY_AUGMENTATIONS)}")
-        if mode == "clean" and views != 1:
-            raise ValueError(f"views={views} needs mode='siamese' (clean mode sends each input once)")
+        check_selection(selection, rounds=rounds, mixup=mixup)
         self.loss_name = loss if isinstance(loss, str) else type(loss).__name__
         self.loss_fn: StealingLoss = create_loss(loss, **(loss_kwargs or {})) if isinstance(loss, str) else loss
         if not isinstance(self.loss_fn, nn.Module):
             raise ValueError(f"loss must be a registry name or a StealingLoss module, got {loss!r}")
         self.loss_kwargs = dict(loss_kwargs or {})
         # A probe plan validates mode/order/augmentation now rather than at extract time.
-        QueryPlan(1, mode=mode, views=views, order=order, seed=seed, augmentation=self._victim_aug(augmentation))
+        QueryPlan(1, mode=mode, views=views if mode == "siamese" else 1, order=order, seed=seed,
+                  augmentation=self._victim_aug(augmentation))
         self.api = api
         self.budget = budget
         self.cache_dir = Path(cache_dir)
@@ -206,6 +221,8 @@ class StealingAttack:
         self.victim_id = victim_id
         self.progress = progress
         self.device = device
+        self.selection, self.rounds, self.mixup = selection, rounds, float(mixup)
+        self.prototypes = isinstance(self.loss_fn, RDALoss) if prototypes is None else bool(prototypes)
 
     @staticmethod
     def _victim_aug(augmentation: str) -> str:
@@ -218,11 +235,15 @@ class StealingAttack:
                 "query_batch": self.query_batch, "epochs": self.epochs, "min_steps": self.min_steps,
                 "batch_size": self.batch_size,
                 "lr": self.lr, "weight_decay": self.weight_decay, "augmentation": self.augmentation,
-                "seed": self.seed}
+                "seed": self.seed, "selection": self.selection, "rounds": self.rounds, "mixup": self.mixup,
+                "prototypes": self.prototypes}
 
     def plan(self, query_data: ImageSet) -> QueryPlan:
-        """The query plan over ``query_data``."""
-        return QueryPlan(len(query_data), mode=self.mode, views=self.views, order=self.order, seed=self.seed,
+        """The query plan over ``query_data`` (for ``selection="rounds"``: before any round has chosen)."""
+        if self.selection != "random":
+            return kcenter_plan(self, query_data) if self.selection == "kcenter" else rounds_plan(self, query_data)
+        return QueryPlan(len(query_data), mode=self.mode, views=self.views if self.mode == "siamese" else 1,
+                         order=self.order, seed=self.seed,
                          augmentation=self._victim_aug(self.augmentation))
 
     def open_cache(self, query_data: ImageSet, *, dim: int | None = None) -> QueryCache:
@@ -257,14 +278,25 @@ class StealingAttack:
         plan = self.plan(query_data)
         if self.budget > plan.capacity:
             raise DataError(f"budget {self.budget} exceeds the {plan.capacity} distinct queries {query_data.name} "
-                            f"offers ({len(query_data)} images x {self.views} view(s))")
+                            f"offers ({len(query_data)} images x {plan.views} view(s))")
         dim = int(self.api.dim)
-        cache = self.open_cache(query_data, dim=dim)
-        cached_before = self.budget - sum(b - a for a, b in cache.missing(self.budget))
-        new = fill_cache(self.api, cache, plan, query_data, self.budget, batch_size=self.query_batch,
-                         progress=self.progress)
-        query_seconds = time.perf_counter() - started
-        answers = cache.read(self.budget)
+        place = current()  # under torchrun: rank 0 pays, then the other ranks read the cache in turn, paying nothing
+        if place.enabled and self.selection == "rounds":
+            raise ValueError("selection 'rounds' trains between rounds of paying; run it on one process")
+        place.wait_turn()
+        with self.open_cache(query_data, dim=dim) as cache:  # locked: a concurrent run on this directory fails
+            cached_before = self.budget - sum(b - a for a, b in cache.missing(self.budget))
+            if not place.is_main and cached_before < self.budget:
+                raise QueryCacheError(f"query cache {cache.path}: rank {place.rank} found unpaid positions after "
+                                      "rank 0 paid; only rank 0 pays")
+            if self.selection == "rounds":  # choose, pay and train round by round
+                plan, new = pay_in_rounds(self, cache, query_data, dim)
+            else:
+                new = fill_cache(self.api, cache, plan, query_data, self.budget, batch_size=self.query_batch,
+                                 progress=self.progress)
+            query_seconds = time.perf_counter() - started
+            answers = cache.read(self.budget)
+        place.end_turn()
         check_answers(answers, plan, query_data, cache.path)
         train_started = time.perf_counter()
         copy, projector, losses = self._train(query_data, answers, dim)
@@ -293,14 +325,26 @@ class StealingAttack:
         """Epochs over ``n`` answers: ``epochs``, raised to reach ``min_steps`` optimiser steps."""
         return max(self.epochs, math.ceil(self.min_steps / max(1, math.ceil(n / self.batch_size))))
 
+    def train(self, query_data: ImageSet, answers: CachedAnswers,
+              victim_dim: int) -> tuple[Encoder, nn.Module | None, list[float]]:
+        """Train a fresh copy on paid ``answers`` without querying: what :meth:`extract` does once it has paid.
+
+        Returns the copy, its projection head (or ``None``) and the loss of each epoch.
+        """
+        return self._train(query_data, answers, victim_dim)
+
     def _train(self, query_data: ImageSet, answers: CachedAnswers,
                victim_dim: int) -> tuple[Encoder, nn.Module | None, list[float]]:
         copy, projector = self.build_copy(query_data.input_shape, victim_dim)
-        images = query_data.images[answers.sources]
-        losses = train_copy(copy, images, answers.answers, loss=self.loss_fn, projector=projector,
-                            epochs=self.epochs_for(len(answers)), batch_size=self.batch_size, lr=self.lr,
+        sources, targets = answers.sources, answers.answers
+        if self.prototypes:
+            sources, targets = sample_prototypes(sources, targets)
+        images = query_data.images[sources]
+        losses = train_copy(copy, images, targets, loss=self.loss_fn, projector=projector,
+                            epochs=self.epochs_for(len(sources)), batch_size=self.batch_size, lr=self.lr,
                             weight_decay=self.weight_decay, augmentation=self.augmentation, seed=self.seed,
-                            progress=self.progress, device=self.device)
+                            progress=self.progress, device=self.device,
+                            views=self.views if self.mode == "clean" else 1, mixup=self.mixup)
         return copy, projector, losses
 
 
@@ -381,11 +425,14 @@ def check_answers(answers: CachedAnswers, plan: QueryPlan, query_data: ImageSet,
 def train_copy(copy: Encoder, images: torch.Tensor, targets: torch.Tensor, *, loss: nn.Module,
                projector: nn.Module | None = None, epochs: int = 60, batch_size: int = 128, lr: float = 2e-3,
                weight_decay: float = 1e-5, augmentation: str = "weak", seed: int = 0, progress: bool = True,
-               device: str = "cpu") -> list[float]:
+               device: str = "cpu", views: int = 1, mixup: float = 0.0) -> list[float]:
     """Train ``copy`` (and ``projector``) so that ``loss(copy(view of image i), targets[i])`` is small.
 
     Adam with a cosine learning-rate decay to 0; every epoch reseeds torch's generator from ``(seed, epoch)``, so
     a run is repeatable on CPU. Batches are balanced (no tiny last batch: contrastive losses need ``N >= 2``).
+    Under ``torchrun`` every process calls this with the same data: each trains on its slice of every global batch
+    (views seeded per rank) and DDP averages the gradients (:mod:`encoderguard.train.distributed`); a loss that
+    compares examples within a batch sees the process's slice.
 
     Args:
         copy: the encoder to train (in place).
@@ -401,6 +448,9 @@ def train_copy(copy: Encoder, images: torch.Tensor, targets: torch.Tensor, *, lo
         seed: seeds batching and augmentation.
         progress: progress bar on stderr.
         device: torch device.
+        views: augmented views of each input per step, each trained towards its target (see
+            :func:`~encoderguard.attacks.answer_reuse.reuse_loss`).
+        mixup: Beta concentration of mixup between inputs with mixed targets (0: off).
 
     Returns:
         Mean loss of each epoch. ``copy`` and ``projector`` end on CPU in eval mode.
@@ -410,39 +460,47 @@ def train_copy(copy: Encoder, images: torch.Tensor, targets: torch.Tensor, *, lo
         raise ValueError(f"training a copy needs at least 2 answers, got {n}")
     if targets.shape[0] != n:
         raise ValueError(f"{n} images but {targets.shape[0]} targets")
+    if batch_size < 2 * current().world_size:
+        raise ValueError(f"batch_size {batch_size} is the global batch: with {current().world_size} processes it "
+                         f"must be >= {2 * current().world_size}")
     modules = nn.ModuleList([copy] if projector is None else [copy, projector]).to(device)
     optimiser = torch.optim.Adam(modules.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=epochs * steps_per_epoch,
-                                                    pct_start=0.05, anneal_strategy="cos",
-                                                    cycle_momentum=False)
+    total_steps = epochs * steps_per_epoch
+    # OneCycleLR divides by the length of its warm-up (pct_start * total_steps - 1 steps), which is 0 at 20 steps:
+    # up to 20 steps the warm-up is one step instead (longer runs keep 5 %); 2 steps or fewer run at a constant lr.
+    scheduler = (torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=total_steps,
+                                                     pct_start=0.05 if total_steps > 20 else 2 / total_steps,
+                                                     anneal_strategy="cos", cycle_momentum=False)
+                 if total_steps > 2 else None)
     c, h, w = images.shape[1:]
     augment = None if augmentation == "none" else create_augmentation(augmentation, int(c), (int(h), int(w)))
     targets = targets.to(device=device, dtype=torch.float32)
+    forward = copy if projector is None else nn.Sequential(copy, projector)
+    place = current()
+    step = place.wrap(ClosureStep(forward, lambda model, x, y: reuse_loss(model, loss, x, y, augment=augment,
+                                                                         views=views, mixup=mixup)), device)
     losses: list[float] = []
-    with progress_bar(progress) as bar:
+    with progress_bar(progress and place.is_main) as bar:
         task = bar.add_task("copy", total=epochs, info="")
         for epoch in range(epochs):
             modules.train()
             generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            torch.manual_seed(seed * 100_003 + epoch)
+            torch.manual_seed(place.rank_seed(seed * 100_003 + epoch))
             perm = torch.randperm(n, generator=generator)
             total = 0.0
-            batches = [b for b in torch.tensor_split(perm, steps_per_epoch) if len(b) >= 2]
+            batches = [b for b in torch.tensor_split(perm, steps_per_epoch) if len(b) >= 2 * place.world_size]
             for index in batches:
+                index = place.shard(index)
                 x = images[index].to(device).float().div_(255.0)
-                if augment is not None:
-                    x = augment(x)
-                z = copy(x)
-                if projector is not None:
-                    z = projector(z)
-                value = loss(z, targets[index.to(device)])
+                value = step(x, targets[index.to(device)])
                 optimiser.zero_grad(set_to_none=True)
                 value.backward()
                 optimiser.step()
-                scheduler.step()
+                if scheduler is not None:
+                    scheduler.step()
                 total += float(value.detach())
-            losses.append(total / max(len(batches), 1))
+            losses.append(place.mean([total / max(len(batches), 1)])[0])
             bar.update(task, advance=1, info=f"loss {losses[-1]:.4f}")
     modules.eval().to("cpu")
     return losses

@@ -10,6 +10,7 @@ from encoderguard.attacks.losses.base import StealingLoss
 from encoderguard.attacks.losses.cosine_loss import CosineLoss
 from encoderguard.attacks.losses.infonce_loss import InfoNCELoss
 from encoderguard.attacks.losses.mse_loss import MSELoss
+from encoderguard.attacks.losses.rda_loss import RDALoss
 from encoderguard.attacks.losses.softnn_loss import SoftNNLoss
 from encoderguard.attacks.losses.wasserstein_loss import WassersteinLoss
 
@@ -20,6 +21,7 @@ LOSSES: dict[str, type[StealingLoss]] = {
     "softnn": SoftNNLoss,
     "wasserstein": WassersteinLoss,
     "barlow": BarlowTwinsLoss,
+    "rda": RDALoss,
 }
 
 
