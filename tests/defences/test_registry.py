@@ -5,15 +5,19 @@ import torch
 
 from encoderguard.defences import (
     DEFENCES,
+    UNDEFENDED,
     CoverageNoise,
     GaussianNoise,
     Rounding,
     TopK,
     apply_chain,
+    check_settings,
     create_defence,
+    parse_chain,
     parse_defences,
     parse_spec,
     prepare_chain,
+    split_chain,
 )
 
 
@@ -78,3 +82,26 @@ def test_prepare_chain_checks_dims_and_binds_stores() -> None:
     assert coverage.store is store
     with pytest.raises(ValueError, match="exceeds the embedding size 16"):
         prepare_chain([TopK(k=32)], dim=16)
+
+
+def test_split_chain() -> None:
+    assert split_chain("coverage:beta=0.3+orthogonal") == ["coverage:beta=0.3", "orthogonal"]
+    assert split_chain("noise:sigma=1e+2") == ["noise:sigma=1e+2"]
+    assert split_chain("none") == [] and parse_chain(UNDEFENDED) == []
+    assert [d.name for d in parse_chain("coverage+orthogonal:seed=3")] == ["coverage", "orthogonal"]
+
+
+def test_check_settings_names_the_setting() -> None:
+    check_settings(["noise:sigma=0.1", "coverage+orthogonal"])
+    with pytest.raises(ValueError, match="defence setting 'coverage\\+orthgonal': unknown defence 'orthgonal'"):
+        check_settings(["coverage+orthgonal"])
+    with pytest.raises(ValueError, match="topk k=99 exceeds the embedding size 16"):
+        check_settings(["topk:k=99"], dim=16)
+
+
+def test_chain_errors_list_the_valid_names() -> None:
+    with pytest.raises(ValueError) as info:
+        parse_chain("orthogonal+rotate")
+    assert all(name in str(info.value) for name in DEFENCES)
+    with pytest.raises(ValueError, match="its parameters are: sigma, scale, repeat, seed"):
+        check_settings(["round:bits=2+noise:sigm=1"])

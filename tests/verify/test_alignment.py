@@ -13,7 +13,7 @@ from sklearn.metrics import r2_score as sk_r2_score
 from tests.conftest import tiny_encoder
 
 from encoderguard.api import LocalAPI
-from encoderguard.api.transformed_api import TransformedAPI
+from encoderguard.api.delegating_api import TransformedAPI
 from encoderguard.verify.alignment import ALIGNMENTS, Alignment, align_api, applicable, fit_alignment, r2_score
 
 N, D = 200, 8
@@ -195,3 +195,22 @@ def test_align_api_none_returns_the_suspect_untouched():
     same, alignment = align_api(suspect, LocalAPI(tiny_encoder(0, embed_dim=8).eval()), torch.rand(16, 1, 8, 8),
                                 kind="none")
     assert same is suspect and alignment.kind == "none" and alignment.queries == 0 and suspect.queries_used == 0
+
+
+def test_align_to_owner_maps_a_rotated_suspect_back_on_the_owners_query_images(tmp_path):
+    from tests.verify.owners import save_owner
+
+    from encoderguard.api import LocalAPI, TransformedAPI
+    from encoderguard.models import load_checkpoint
+    from encoderguard.verify.alignment import align_to_owner
+
+    owner = load_checkpoint(save_owner(tmp_path / "owner", steps=0, watermark=False, key=False))
+    rotation = torch.linalg.qr(torch.randn(owner.encoder.embed_dim, owner.encoder.embed_dim,
+                                           generator=torch.Generator().manual_seed(1)))[0]
+    suspect = TransformedAPI(LocalAPI(owner.encoder), lambda a: a @ rotation, dim=owner.encoder.embed_dim)
+    aligned, alignment = align_to_owner(suspect, owner, kind="orthogonal", queries=120)
+    assert alignment.kind == "orthogonal" and alignment.queries == 120 and alignment.fit_r2 > 0.999
+    images = torch.rand(5, *owner.encoder.input_shape)
+    assert torch.allclose(aligned.embed(images), LocalAPI(owner.encoder).embed(images), atol=1e-4)
+    same, none = align_to_owner(suspect, owner, kind="none")
+    assert same is suspect and none.queries == 0

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from encoderguard.data import owner_split
 from encoderguard.errors import APIError, DataError
 from encoderguard.models import ModelCard
-from encoderguard.verify.dataset_inference import DatasetInference, owner_data, split_budget
+from encoderguard.verify.dataset_inference import DatasetInference, split_budget
 
 N_MEMBERS, N_HELDOUT, DIM = 64, 192, 16
 
@@ -180,11 +181,11 @@ def test_too_few_samples(data):
 def test_owner_card_without_split_information():
     card = ModelCard(arch="convnet", arch_kwargs={}, input_shape=(1, 8, 8), embed_dim=16, data=None)
     with pytest.raises(DataError, match="no split information"):
-        owner_data(card)
+        owner_split(card, "owner-train")
     card = ModelCard(arch="convnet", arch_kwargs={}, input_shape=(1, 8, 8), embed_dim=16,
                      data={"dataset": "digits", "split": "query", "split_seed": 0, "train_size": 100})
     with pytest.raises(DataError, match="not 'owner-train'"):
-        owner_data(card)
+        owner_split(card, "owner-train")
 
 
 def test_settings_are_validated_and_round_trip():

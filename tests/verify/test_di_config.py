@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from tests.verify.test_dataset_inference import N_MEMBERS, FakeAPI, _images, _table
 
+from encoderguard.models.random_init import null_encoders
 from encoderguard.verify.dataset_inference import CopyCheck, DatasetInference, SelfCheck, min_permutations
-from encoderguard.verify.di_config import FrozenDIConfig, config_digest, null_encoders
+from encoderguard.verify.di_config import FrozenDIConfig, config_digest
 
 N_HELDOUT = 192
 
@@ -172,7 +173,7 @@ def test_config_is_validated(data):
 def test_null_encoders_follow_one_convention():
     from tests.conftest import tiny_encoder
 
-    from encoderguard.train.evaluate import random_init_like
+    from encoderguard.models.random_init import random_init_like
 
     owner = tiny_encoder(0)
     nulls = null_encoders(owner, 2)

@@ -159,3 +159,19 @@ def test_copy_check_is_saved_with_the_config_and_applied(owner_dir, tmp_path, ca
         assert result["verdict"] == "inconclusive"
         if result["details"]["self_check"]["protects"]:  # else the owner's own failure is the reason given
             assert result["details"]["reason"] == copy["reason"]
+
+
+def test_verify_di_plot_that_cannot_be_written_keeps_the_verdict(owner_dir, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, out, err = _run(capsys, "verify", "di", "--owner", str(owner_dir), "--suspect", str(owner_dir), *FAST,
+                          "--plot", str(blocker / "scores.png"), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["verdict"] in ("stolen", "independent", "inconclusive") and "plot" not in result
+    assert any(w.startswith(f"no plot written to {blocker / 'scores.png'}") for w in result["warnings"])
+    code, out, err = _run(capsys, "verify", "di", "--owner", str(owner_dir), "--suspect", str(owner_dir), *FAST,
+                          "--plot", str(tmp_path / "scores.png"), "--json")
+    assert code == 0, err
+    assert json.loads(out)["plot"] == str(tmp_path / "scores.png") and (tmp_path / "scores.png").stat().st_size > 0

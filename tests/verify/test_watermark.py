@@ -23,8 +23,8 @@ from encoderguard.api import LocalAPI
 from encoderguard.data import SplitSpec, load_split
 from encoderguard.errors import APIError, CheckpointError, DataError
 from encoderguard.models import load_checkpoint, load_encoder
+from encoderguard.models.random_init import random_init_like
 from encoderguard.models.verify_key import VERIFY_KEY_FILE, VerifyKey
-from encoderguard.train.evaluate import random_init_like
 from encoderguard.train.watermark_task import VerificationSeeds, verification_rotations
 from encoderguard.verify.references import Reference
 from encoderguard.verify.watermark import WatermarkVerifier
@@ -244,7 +244,7 @@ def test_mirror_balanced_set(owner, owner_api):
     sym = Mirrored(load_encoder(owner)).eval()
     before = plain.verify(LocalAPI(sym))
     after = mirrored.verify(LocalAPI(sym))
-    from encoderguard.train.probe import encode
+    from encoderguard.models.probe import encode
 
     pred = plain._predict(encode(sym, r0) * before.details["scale"])
     assert after.details["accuracy_mirrored"] == pytest.approx(1 - float((pred[mask] == l0[mask]).float().mean()))

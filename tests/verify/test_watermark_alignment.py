@@ -11,7 +11,7 @@ from tests.conftest import tiny_encoder
 from tests.verify.owners import reference_encoders, references, save_owner
 
 from encoderguard.api import LocalAPI
-from encoderguard.api.transformed_api import TransformedAPI
+from encoderguard.api.delegating_api import TransformedAPI
 from encoderguard.attacks.output_transforms import create_transform
 from encoderguard.models import load_encoder
 from encoderguard.verify.references import Reference

@@ -7,9 +7,11 @@
 - ``spread`` (:class:`CellSpreadNoise`): noise scaled by how widely the key's answers spread over k-means cells of
   the owner's own answers (:func:`fit_cells`, :func:`save_cells`), with per-key state in a :class:`StateStore`.
 - ``orthogonal`` (:class:`OrthogonalTransform`): a secret rotation per key against sybil accounts.
+- ``output-watermark`` (:class:`OutputWatermark`): the serving-time watermark keyed by a secret file
+  (:class:`OutputWatermarkKey`), verified with :class:`~encoderguard.verify.OutputWatermarkVerifier`.
 
-Build a chain from command-line specs with :func:`parse_defences` (``name[:k=v,k=v]``) and ready it for an
-API with :func:`prepare_chain`.
+Build a chain from command-line specs with :func:`parse_defences` (``name[:k=v,k=v]``) or from one
+``spec+spec`` setting with :func:`parse_chain`, and ready it for an API with :func:`prepare_chain`.
 """
 
 from encoderguard.defences.base import Postprocessor, apply_chain, prepare_chain
@@ -20,16 +22,28 @@ from encoderguard.defences.ledger_state_store import LedgerStateStore
 from encoderguard.defences.memory_state_store import MemoryStateStore
 from encoderguard.defences.noise_seeds import NoiseSource, derive_seed
 from encoderguard.defences.orthogonal_transform import OrthogonalTransform
+from encoderguard.defences.output_watermark import OutputWatermark
+from encoderguard.defences.output_watermark_key import OutputWatermarkKey
 from encoderguard.defences.random_hyperplane_lsh import RandomHyperplaneLSH
-from encoderguard.defences.registry import DEFENCES, create_defence, parse_defences, parse_spec
+from encoderguard.defences.registry import (
+    DEFENCES,
+    UNDEFENDED,
+    check_settings,
+    create_defence,
+    parse_chain,
+    parse_defences,
+    parse_spec,
+    split_chain,
+)
 from encoderguard.defences.rounding import Rounding
 from encoderguard.defences.state_store import StateStore
 from encoderguard.defences.top_k import TopK
 
 __all__ = [
-    "DEFENCES", "CellSpreadNoise", "CoverageNoise", "GaussianNoise", "LedgerStateStore", "MemoryStateStore",
-    "NoiseSource",
-    "OrthogonalTransform", "Postprocessor", "RandomHyperplaneLSH", "Rounding", "StateStore", "TopK", "apply_chain",
-    "coverage_noise_scale", "create_defence", "derive_seed", "parse_defences", "parse_spec", "prepare_chain",
-    "sequential_coverage", "fit_cells", "load_cells", "save_cells", "sequential_spread",
+    "DEFENCES", "UNDEFENDED", "CellSpreadNoise", "CoverageNoise", "GaussianNoise", "LedgerStateStore",
+    "MemoryStateStore", "NoiseSource", "OrthogonalTransform", "OutputWatermark", "OutputWatermarkKey",
+    "Postprocessor", "RandomHyperplaneLSH", "Rounding",
+    "StateStore", "TopK", "apply_chain", "check_settings", "coverage_noise_scale", "create_defence", "derive_seed",
+    "fit_cells", "load_cells", "parse_chain", "parse_defences", "parse_spec", "prepare_chain", "save_cells",
+    "sequential_coverage", "sequential_spread", "split_chain",
 ]

@@ -31,7 +31,7 @@ import torch
 
 from encoderguard.defences.memory_state_store import MemoryStateStore
 from encoderguard.defences.noise_seeds import REPEAT_MODES, NoiseSource, derive_seed
-from encoderguard.defences.state_store import StateStore
+from encoderguard.defences.state_store import StateStore, update_state
 
 _MAGIC = b"EGS1"
 CELLS_KEY = "cells"
@@ -171,15 +171,15 @@ class CellSpreadNoise:
                              "fit the cells on this encoder's answers")
 
     def _load(self, key: str) -> np.ndarray:
-        raw = self.store.get_state(key, self._state_name)
+        return self._decode(self.store.get_state(key, self._state_name), key)
+
+    def _decode(self, raw: bytes | None, key: str) -> np.ndarray:
         if raw is None:
             return np.zeros(self.k, dtype=np.int64)
         if raw[:4] != _MAGIC or len(raw) != 4 + 8 * self.k:
             raise ValueError(f"spread state of key {key!r} is not in a known format")
         return np.frombuffer(raw[4:], dtype="<i8").astype(np.int64)
 
-    def _save(self, key: str, counts: np.ndarray) -> None:
-        self.store.put_state(key, self._state_name, _MAGIC + counts.astype("<i8").tobytes())
 
     def spread(self, key: str) -> float:
         """Current spread of ``key`` (effective number of cells; 0 before its first answer)."""
@@ -199,9 +199,15 @@ class CellSpreadNoise:
             return embeddings
         self.check_dim(dim)
         cells = (torch.nn.functional.normalize(y, dim=1) @ self.centroids.T).argmax(dim=1).numpy()
-        with self._lock:  # read-modify-write of the key's state (the API also serialises requests)
-            spread, counts = sequential_spread(self._load(key), cells)
-            self._save(key, counts)
+        seen: dict[str, np.ndarray] = {}
+
+        def step(raw: bytes | None) -> bytes:
+            seen["spread"], counts = sequential_spread(self._decode(raw, key), cells)
+            return _MAGIC + counts.astype("<i8").tobytes()
+
+        with self._lock:  # atomic across processes too when the store supports it (the ledger does)
+            update_state(self.store, key, self._state_name, step)
+        spread = seen["spread"]
         sigma = torch.from_numpy(self.noise_scale(spread)).unsqueeze(1)
         if not bool((sigma > 0).any()):
             return embeddings

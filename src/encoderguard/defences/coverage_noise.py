@@ -32,7 +32,7 @@ import torch
 from encoderguard.defences.memory_state_store import MemoryStateStore
 from encoderguard.defences.noise_seeds import REPEAT_MODES, NoiseSource, derive_seed
 from encoderguard.defences.random_hyperplane_lsh import RandomHyperplaneLSH
-from encoderguard.defences.state_store import StateStore
+from encoderguard.defences.state_store import StateStore, update_state
 
 _MAGIC = b"EGC1"
 
@@ -154,7 +154,9 @@ class CoverageNoise:
 
     # -- state -------------------------------------------------------------------------------------------------
     def _load(self, key: str, dim: int) -> tuple[np.ndarray, int]:
-        raw = self.store.get_state(key, self._state_name(dim))
+        return self._decode(self.store.get_state(key, self._state_name(dim)), key)
+
+    def _decode(self, raw: bytes | None, key: str) -> tuple[np.ndarray, int]:
         buckets = 2**self.bits
         if raw is None:
             return np.zeros((self.tables, buckets), dtype=bool), 0
@@ -164,9 +166,9 @@ class CoverageNoise:
         bitmap = np.unpackbits(np.frombuffer(raw[12:], dtype=np.uint8), count=self.tables * buckets)
         return bitmap.astype(bool).reshape(self.tables, buckets), int(answered)
 
-    def _save(self, key: str, dim: int, occupied: np.ndarray, answered: int) -> None:
-        value = _MAGIC + struct.pack("<q", answered) + np.packbits(occupied.ravel()).tobytes()
-        self.store.put_state(key, self._state_name(dim), value)
+    @staticmethod
+    def _encode(occupied: np.ndarray, answered: int) -> bytes:
+        return _MAGIC + struct.pack("<q", answered) + np.packbits(occupied.ravel()).tobytes()
 
     def coverage(self, key: str, dim: int) -> float:
         """Current coverage of ``key`` (fraction of buckets occupied, mean over tables) for answers of size
@@ -188,10 +190,16 @@ class CoverageNoise:
         y = embeddings.double()
         n, dim = int(y.shape[0]), int(y.shape[1])
         codes = self._hasher(dim).codes(y).numpy()
-        with self._lock:  # read-modify-write of the key's state (the API also serialises requests)
-            occupied, answered = self._load(key, dim)
-            coverage, occupied = sequential_coverage(occupied, codes)
-            self._save(key, dim, occupied, answered + n)
+        seen: dict[str, np.ndarray] = {}
+
+        def step(raw: bytes | None) -> bytes:
+            occupied, answered = self._decode(raw, key)
+            seen["coverage"], occupied = sequential_coverage(occupied, codes)
+            return self._encode(occupied, answered + n)
+
+        with self._lock:  # atomic across processes too when the store supports it (the ledger does)
+            update_state(self.store, key, self._state_name(dim), step)
+        coverage = seen["coverage"]
         sigma = torch.from_numpy(self.noise_scale(coverage)).unsqueeze(1)
         if not bool((sigma > 0).any()):
             return embeddings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 
 class MemoryStateStore:
@@ -21,6 +22,15 @@ class MemoryStateStore:
             raise ValueError(f"state value must be bytes, got {type(value).__name__}")
         with self._lock:
             self._values[(key_id, name)] = bytes(value)
+
+    def update_state(self, key_id: str, name: str, update: Callable[[bytes | None], bytes]) -> bytes:
+        """Read, transform and write ``key_id``'s state under ``name`` atomically; returns the bytes written."""
+        with self._lock:
+            value = update(self._values.get((key_id, name)))
+            if not isinstance(value, (bytes, bytearray, memoryview)):
+                raise ValueError(f"state value must be bytes, got {type(value).__name__}")
+            self._values[(key_id, name)] = bytes(value)
+            return bytes(value)
 
     def __len__(self) -> int:
         with self._lock:

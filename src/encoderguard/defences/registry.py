@@ -1,16 +1,19 @@
-"""The defence registry and the ``name[:k=v,k=v]`` spec parser used by ``serve --defence`` and ``defend-eval``."""
+"""The defence registry and its grammar: a spec ``name[:k=v,k=v]`` (``serve --defence``) and a chain of specs
+``spec+spec`` (one ``defend-eval`` setting, e.g. ``coverage:beta=0.3+orthogonal``; ``none`` is the empty chain)."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from encoderguard.defences.base import Postprocessor
+from encoderguard.defences.base import Postprocessor, prepare_chain
 from encoderguard.defences.cell_spread import CellSpreadNoise
 from encoderguard.defences.coverage_noise import CoverageNoise
 from encoderguard.defences.gaussian_noise import GaussianNoise
 from encoderguard.defences.orthogonal_transform import OrthogonalTransform
+from encoderguard.defences.output_watermark import OutputWatermark
 from encoderguard.defences.rounding import Rounding
 from encoderguard.defences.top_k import TopK
 
@@ -21,8 +24,11 @@ DEFENCES: dict[str, Any] = {  # name -> postprocessor class (with a PARAMS dict 
     "coverage": CoverageNoise,
     "spread": CellSpreadNoise,
     "orthogonal": OrthogonalTransform,
+    "output-watermark": OutputWatermark,
 }
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string"}
+UNDEFENDED = "none"  # the chain of no defence
+_CHAIN_SPLIT = re.compile(r"\+(?=[A-Za-z])")  # "coverage+orthogonal", but not the "+" of "1e+2"
 
 
 def _choices() -> str:
@@ -96,3 +102,35 @@ def parse_defences(specs: Iterable[str]) -> list[Postprocessor]:
     if isinstance(specs, str):
         specs = [specs]
     return [create_defence(name, **params) for name, params in map(parse_spec, specs)]
+
+
+def split_chain(setting: str) -> list[str]:
+    """The specs of one chain: ``"coverage:beta=0.3+orthogonal"`` -> ``["coverage:beta=0.3", "orthogonal"]``;
+    ``"none"`` -> ``[]``."""
+    if setting.strip() == UNDEFENDED:
+        return []
+    return [part.strip() for part in _CHAIN_SPLIT.split(setting) if part.strip()]
+
+
+def parse_chain(setting: str) -> list[Postprocessor]:
+    """Build the ordered chain of one ``spec+spec`` setting (``"none"``: no defence).
+
+    Raises:
+        ValueError: for the first bad spec, naming it and listing the valid defences or parameters.
+    """
+    return parse_defences(split_chain(setting))
+
+
+def check_settings(settings: Sequence[str], *, dim: int | None = None) -> None:
+    """Build every setting's chain (and check it against answers of size ``dim`` when given).
+
+    Raises:
+        ValueError: naming the bad setting and what is wrong with it (listing the valid names).
+    """
+    for setting in settings:
+        try:
+            chain = parse_chain(setting)
+            if dim is not None:
+                prepare_chain(chain, dim=dim)
+        except ValueError as exc:
+            raise ValueError(f"defence setting {setting!r}: {exc}") from None

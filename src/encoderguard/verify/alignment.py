@@ -188,7 +188,7 @@ def align_api(suspect: Any, owner: Any, images: Any, *, kind: str = "auto", seed
     """
     import torch
 
-    from encoderguard.api.transformed_api import TransformedAPI
+    from encoderguard.api.delegating_api import TransformedAPI
 
     if kind == "none":
         return suspect, Alignment(kind="none", queries=0, fit_r2=math.nan)
@@ -203,3 +203,30 @@ def align_api(suspect: Any, owner: Any, images: Any, *, kind: str = "auto", seed
         return torch.from_numpy(alignment.apply(answers.detach().cpu().numpy())).float()
 
     return TransformedAPI(suspect, mapped, dim=int(owner.dim), name=f"aligned ({alignment.kind})"), alignment
+
+
+def align_to_owner(suspect: Any, owner: Any, *, kind: str = "auto", queries: int = 1000, seed: int = 0,
+                   data_dir: str | None = None) -> tuple[Any, Alignment]:
+    """:func:`align_api` on ``queries`` images of the owner's ``query`` split (non-secret inputs), drawn with ``seed``.
+
+    Args:
+        suspect: the suspect's EmbeddingAPI.
+        owner: the owner's checkpoint (``load_checkpoint``'s result: ``.encoder`` and ``.card``).
+        kind: one of :data:`ALIGNMENTS`; ``"none"`` returns the suspect unchanged at no cost.
+        queries: alignment images (each one paid query of the suspect).
+        seed: which images are drawn.
+        data_dir: folder of the named datasets.
+
+    Returns:
+        ``(aligned_api, alignment)`` as :func:`align_api`.
+    """
+    import torch
+
+    from encoderguard.api.local_api import LocalAPI
+    from encoderguard.data.splits import owner_split
+
+    if kind == "none":
+        return suspect, Alignment(kind="none", queries=0, fit_r2=math.nan)
+    pool = owner_split(owner.card, "query", data_dir=data_dir)
+    chosen = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:queries]
+    return align_api(suspect, LocalAPI(owner.encoder), pool.float(chosen), kind=kind, seed=seed)

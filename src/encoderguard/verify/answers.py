@@ -52,7 +52,7 @@ def embed_any(api: Any, images: torch.Tensor) -> Any:
     if hasattr(api, "embed"):
         return api.embed(images)
     if isinstance(api, torch.nn.Module):
-        from encoderguard.train.probe import encode
+        from encoderguard.models.probe import encode
 
         return encode(api, images)
     raise ValueError(f"expected an EmbeddingAPI (with .embed) or an nn.Module, got {type(api).__name__}")

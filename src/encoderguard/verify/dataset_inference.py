@@ -55,7 +55,7 @@ from encoderguard.models.encoder import Encoder
 from encoderguard.verify.answers import check_answers, embed_any, queries_used
 from encoderguard.verify.di_checks import owner_gated_verdict
 from encoderguard.verify.di_results import CopyCheck, DITestResult, SelfCheck
-from encoderguard.verify.di_sampling import MEMBER_SHARE, float_images, min_permutations, owner_data, split_budget
+from encoderguard.verify.di_sampling import MEMBER_SHARE, float_images, min_permutations, split_budget
 from encoderguard.verify.membership_scores import (
     GEOMETRIES,
     gmm_scores,
@@ -76,7 +76,7 @@ from encoderguard.verify.two_sample import auc, cohens_d, welch_t_test
 from encoderguard.verify.verdict import Verdict
 
 __all__ = ["MEMBER_SHARE", "CopyCheck", "DITestResult", "DatasetInference", "SelfCheck", "min_permutations",
-           "owner_data", "split_budget"]
+           "split_budget"]
 
 SCORES = ("knn", "gmm")
 DESIGNS = ("set", "split")
@@ -207,14 +207,14 @@ class DatasetInference:
         return cls(**merged)
 
     # -- fitting ---------------------------------------------------------------------------------------------
-    def fit(self, *, members: ImageSet | torch.Tensor, nonmembers: ImageSet | torch.Tensor,
+    def fit(self, *, members: ImageSet | torch.Tensor | np.ndarray, nonmembers: ImageSet | torch.Tensor | np.ndarray,
             owner: Any | None = None, null_models: Sequence[Any] = (), self_check: SelfCheck | None = None,
             copy_check: CopyCheck | None = None) -> DatasetInference:
         """Draw the images the suspect will be asked about; answer them with the null encoders and the owner.
 
         Args:
-            members: the owner's training images (``owner-train``), uint8 ImageSet or float ``[N, C, H, W]``
-                in ``[0, 1]``.
+            members: the owner's training images (``owner-train``): an ImageSet, or a uint8 (``0..255``) or float
+                (``[0, 1]``) tensor or numpy array ``[N, C, H, W]``.
             nonmembers: held-out images of the same distribution (``owner-heldout``).
             owner: the owner's encoder (an ``nn.Module`` or an EmbeddingAPI): its self-check runs on the images
                 drawn here, the suspect's draw. ``None`` skips it.

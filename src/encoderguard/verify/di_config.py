@@ -32,33 +32,9 @@ from encoderguard.verify.dataset_inference import CopyCheck, DatasetInference, D
 
 FORMAT = "encoderguard-di-config"
 # Null encoder i is a random initialisation of the owner's architecture from this seed + i (benchmarks use the same).
-NULL_ENCODER_SEED = 10_000
 # CLI flags whose name differs from the setting they set.
 FLAG_NAMES = {"n_permutations": "--permutations"}
 RERUN_HINT = "re-run 'encoderguard verify di --owner DIR --self-check --save-config FILE'"
-
-
-def null_encoders(owner_encoder: Any, count: int) -> list[Any]:
-    """The null encoders of dataset inference: ``count`` random initialisations of the owner's architecture.
-
-    Encoder ``i`` is ``random_init_like(owner_encoder, seed=10_000 + i)``: the convention every frozen config,
-    CLI run and benchmark shares, so ``null_encoders=3`` means the same three models everywhere.
-
-    Args:
-        owner_encoder: the owner's :class:`~encoderguard.models.Encoder`.
-        count: how many (``>= 0``).
-
-    Returns:
-        ``count`` encoders in eval mode.
-
-    Raises:
-        ValueError: ``count`` is not an int ``>= 0``.
-    """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise ValueError(f"null_encoders must be an int >= 0, got {count!r}")
-    from encoderguard.train.evaluate import random_init_like
-
-    return [random_init_like(owner_encoder, seed=NULL_ENCODER_SEED + i) for i in range(count)]
 
 
 def config_digest(settings: dict[str, Any], null_encoders: int, self_check_seed: int) -> str:
@@ -87,7 +63,7 @@ class FrozenDIConfig:
     Attributes:
         settings: the full :meth:`DatasetInference.settings` of the suspect test (``alpha`` and ``seed``, the draw
             of images suspects are tested on, included); partial settings are completed with the defaults.
-        null_encoders: how many null encoders adjust the test (:func:`null_encoders`).
+        null_encoders: how many null encoders adjust the test (:func:`~encoderguard.models.null_encoders`).
         self_check_seed: the draw of images the owner's self-check used; differs from ``settings["seed"]``.
         self_check: :meth:`SelfCheck.to_dict` of the owner's self-check on that draw.
         copy_check: :meth:`CopyCheck.to_dict` of the simulated copy (with the alpha it was decided at), or ``None``.

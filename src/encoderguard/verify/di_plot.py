@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from encoderguard.optional import pyplot
 from encoderguard.verify.dataset_inference import DITestResult
 
 
@@ -73,18 +74,13 @@ def plot_score_distributions(data: Mapping[str, Mapping[str, Any]], path: str | 
         The written path.
 
     Raises:
-        ImportError: matplotlib is not installed (the message gives the install command).
+        MissingDependencyError: matplotlib is not installed (an ``ImportError`` whose message gives the install
+            command).
         ValueError: empty ``data``.
     """
     if not data:
         raise ValueError("nothing to plot: no suspects")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ImportError("plotting needs matplotlib: pip install 'encoderguard[plots]'") from exc
+    plt = pyplot("plotting membership scores")
     n = len(data)
     cols = min(n, 3)
     rows = math.ceil(n / cols)

@@ -1,11 +1,11 @@
-"""Which images dataset inference sends: the owner's split rebuilt from its card, the share of a query budget that
-goes to training images, and the fewest relabellings that can reach a significance level."""
+"""Which images dataset inference sends: the share of a query budget that goes to training images, and the fewest
+relabellings that can reach a significance level (the owner's images: :func:`encoderguard.data.owner_split`)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
+import numpy as np
 import torch
 
 from encoderguard.data.image_set import ImageSet
@@ -14,36 +14,6 @@ from encoderguard.errors import DataError
 # Share of a query budget spent on owner-train images (500 of 2500): the pre-registered setting, validated on a
 # held-out split (benchmarks/results_di.md). A larger share looked better at small budgets, but only on that same split.
 MEMBER_SHARE = 0.2
-
-
-def owner_data(card: Any, *, data_dir: str | None = None) -> tuple[ImageSet, ImageSet]:
-    """The owner's ``owner-train`` and ``owner-heldout`` images, rebuilt from its model card's ``data``.
-
-    Args:
-        card: the owner's :class:`~encoderguard.models.ModelCard`.
-        data_dir: folder of the named datasets.
-
-    Returns:
-        ``(owner_train, owner_heldout)``.
-
-    Raises:
-        DataError: the card records no split (dataset, split seed, training-set size), or says the model was trained
-            on another split than ``owner-train`` (then ``owner-train`` is not its training data).
-    """
-    from encoderguard.data.splits import SplitSpec, load_split
-
-    data = getattr(card, "data", None)
-    missing = [k for k in ("dataset", "split_seed", "train_size") if not isinstance(data, dict) or k not in data]
-    if missing or not isinstance(data, dict):
-        raise DataError(f"the owner's card has no split information (missing data.{', data.'.join(missing)}): "
-                        "dataset inference needs to know which images the owner trained on (owner-train) and "
-                        "which it held out; retrain with 'encoderguard train', which records them")
-    split = data.get("split", "owner-train")
-    if split != "owner-train":
-        raise DataError(f"the owner's card says it was trained on split {split!r}, not 'owner-train': "
-                        "owner-train/owner-heldout would not be its training and held-out data")
-    spec = SplitSpec.from_dict(data)
-    return load_split(spec, data_dir=data_dir), load_split(spec.with_split("owner-heldout"), data_dir=data_dir)
 
 
 def min_permutations(alpha: float) -> int:
@@ -90,12 +60,15 @@ def split_budget(budget: int, n_train: int, *, member_share: float = MEMBER_SHAR
     return members, budget - members
 
 
-def float_images(images: ImageSet | torch.Tensor, name: str) -> torch.Tensor:
-    """Images as float ``[N, C, H, W]`` in ``[0, 1]`` (an ImageSet, or a uint8 or float tensor); DataError otherwise."""
+def float_images(images: ImageSet | torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
+    """Images as float ``[N, C, H, W]`` in ``[0, 1]`` (an ImageSet, or a uint8 or float tensor or numpy array);
+    DataError otherwise."""
     if isinstance(images, ImageSet):
         return images.float()
+    if isinstance(images, np.ndarray) and (images.dtype == np.uint8 or images.dtype.kind == "f"):
+        images = torch.from_numpy(np.ascontiguousarray(images))
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise DataError(f"{name} must be an ImageSet or a float tensor [N, C, H, W], got "
+        raise DataError(f"{name} must be an ImageSet or a float tensor or array [N, C, H, W], got "
                         f"{getattr(images, 'shape', type(images).__name__)}")
     if images.dtype == torch.uint8:
         return images.float().div(255.0)

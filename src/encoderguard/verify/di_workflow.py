@@ -21,9 +21,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from encoderguard.verify.dataset_inference import DatasetInference, owner_data, split_budget
+from encoderguard.data.image_set import ImageSet
+from encoderguard.data.splits import owner_split
+from encoderguard.models.random_init import null_encoders as make_null_encoders
+from encoderguard.verify.dataset_inference import DatasetInference, split_budget
 from encoderguard.verify.di_config import FrozenDIConfig
-from encoderguard.verify.di_config import null_encoders as make_null_encoders
 from encoderguard.verify.verdict import Verdict
 
 DEFAULT_ALPHA = 0.01
@@ -91,7 +93,7 @@ def freeze_di(owner_checkpoint: Any, *, null_encoders: int = DEFAULT_NULL_ENCODE
         ValueError: a bad setting.
     """
     owner = _checkpoint(owner_checkpoint)
-    train, heldout = owner_data(owner.card, data_dir=data_dir)
+    train, heldout = _owner_images(owner.card, data_dir=data_dir)
     resolved = resolve_settings(len(train), len(heldout), budget=budget, **settings)
     check_seed = resolved["seed"] + 1 if self_check_seed is None else self_check_seed
     if check_seed == resolved["seed"]:
@@ -210,13 +212,13 @@ def prepare_di(owner_checkpoint: Any, *, config: FrozenDIConfig | None = None, a
             raise ValueError(f"{where} was frozen for another owner checkpoint (weights digest "
                              f"{config.owner_weights_sha256[:12]}..., this owner {weights[:12]}...): its self-check "
                              "does not describe this model")
-        train, heldout = owner_data(owner.card, data_dir=data_dir)
+        train, heldout = _owner_images(owner.card, data_dir=data_dir)
         di = config.suspect_test().fit(members=train, nonmembers=heldout,
                                        null_models=make_null_encoders(owner.encoder, config.null_encoders),
                                        self_check=config.self_check_result(),
                                        copy_check=config.copy_check_result())
     else:
-        train, heldout = owner_data(owner.card, data_dir=data_dir)
+        train, heldout = _owner_images(owner.card, data_dir=data_dir)
         resolved = resolve_settings(len(train), len(heldout), budget=budget,
                                     alpha=DEFAULT_ALPHA if alpha is None else alpha, **settings)
         count = DEFAULT_NULL_ENCODERS if null_encoders is None else null_encoders
@@ -227,6 +229,12 @@ def prepare_di(owner_checkpoint: Any, *, config: FrozenDIConfig | None = None, a
                         progress=progress)
         warnings.append(NOT_FROZEN_WARNING)
     return PreparedDI(di, config, warnings)
+
+
+def _owner_images(card: Any, *, data_dir: str | None) -> tuple[ImageSet, ImageSet]:
+    """The owner's training images (the members) and held-out images (the non-members), from its card."""
+    return (owner_split(card, "owner-train", data_dir=data_dir),
+            owner_split(card, "owner-heldout", data_dir=data_dir))
 
 
 def _checkpoint(owner: Any) -> Any:
@@ -244,7 +252,5 @@ def _checkpoint(owner: Any) -> Any:
 def _copy_check(di: DatasetInference, owner: Any, *, data_dir: str | None, loss: str, budget: int, epochs: int,
                 progress: bool) -> Any:
     """Steal a copy of the owner's encoder from its ``query`` split and test it with ``di``."""
-    from encoderguard.data.splits import SplitSpec, load_split
-
-    query = load_split(SplitSpec.from_dict(owner.card.data or {}).with_split("query"), data_dir=data_dir)
+    query = owner_split(owner.card, "query", data_dir=data_dir)
     return di.copy_check(owner.encoder, query, loss=loss, budget=budget, epochs=epochs, progress=progress)

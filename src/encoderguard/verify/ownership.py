@@ -10,6 +10,7 @@ alpha.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -18,9 +19,10 @@ from typing import Any
 from encoderguard.api.protocol import EmbeddingAPI
 from encoderguard.errors import CheckpointError, DataError
 from encoderguard.models.checkpoint import load_checkpoint
-from encoderguard.train.progress import log
 from encoderguard.verify.decision import Decision, MethodResult, combine
 from encoderguard.verify.references import ReferenceSet, owner_reference_dir
+
+logger = logging.getLogger(__name__)
 
 DI_CONFIG_FILE = "di-config.json"
 COPY_CHECK_DIR = "copy-check"
@@ -46,7 +48,8 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
                references: str | os.PathLike[str] | ReferenceSet | None = None, alpha: float = 0.01,
                di_config: str | os.PathLike[str] | None = None, watermark_queries: int = DEFAULT_WATERMARK_QUERIES,
                data_dir: str | None = None, align: str = "auto", align_queries: int = 1000,
-               copy_check: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+               copy_check: str | os.PathLike[str] | None = None,
+               watermark_key: str | os.PathLike[str] | Any = None) -> dict[str, Any]:
     """Run every applicable ownership test on ``suspect`` and combine them.
 
     Args:
@@ -69,6 +72,10 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
             detect it (``sees_copies`` false, with the reason) leaves the family while another method does, so that
             it costs the others no power; when no method detects it, all stay in and no evidence gives
             "inconclusive", never "independent".
+        watermark_key: the serving-time watermark's key file (or an
+            :class:`~encoderguard.defences.OutputWatermarkKey`): adds the ``output-watermark`` test to the family.
+            The owner's own copy check does not apply to it (that copy was stolen from the clean model, not through
+            the watermarked API), so it is never gated by it.
 
     Returns:
         :meth:`Decision.to_dict` plus ``"references"`` (where the null came from and how many models),
@@ -116,21 +123,34 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
         except (ValueError, CheckpointError) as exc:  # e.g. the owner's secret verification key is missing
             verifier_error = str(exc)
 
-    def run_methods(api: EmbeddingAPI, who: str) -> list[MethodResult]:
+    output_verifier: Any = None
+    if watermark_key is not None:
+        from encoderguard.verify.output_watermark import OutputWatermarkVerifier
+
+        output_verifier = OutputWatermarkVerifier(watermark_key, references=ref_list, alpha=alpha, align=align,
+                                                  owner=owner.encoder, data_dir=data_dir)
+
+    def run_methods(api: EmbeddingAPI, who: str, *, copy: bool = False) -> list[MethodResult]:
         results: list[MethodResult] = []
         if verifier is None:
             results.append(MethodResult.not_applicable("watermark", verifier_error))
         else:
             try:
-                log(f"verify all: watermark test on {who}")
+                logger.info("verify all: watermark test on %s", who)
                 results.append(MethodResult.from_verdict(verifier.verify(api)))
             except ValueError as exc:  # the suspect's format does not fit the head: the other tests still run
                 results.append(MethodResult.not_applicable("watermark", str(exc)))
         if prepared_di is None:
             results.append(MethodResult.not_applicable("di", di_error))
         else:
-            log(f"verify all: dataset inference on {who}")
+            logger.info("verify all: dataset inference on %s", who)
             results.append(MethodResult.from_verdict(prepared_di.verify(api)))
+        if output_verifier is not None and not copy:
+            try:
+                logger.info("verify all: output-watermark test on %s", who)
+                results.append(MethodResult.from_verdict(output_verifier.verify(api)))
+            except ValueError as exc:  # the suspect takes other inputs: the other tests still run
+                results.append(MethodResult.not_applicable("output-watermark", str(exc)))
         return results
 
     gates: dict[str, str] = {}
@@ -142,7 +162,8 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
 
         # The owner's own copy, stolen the way a thief would: a test that misses it cannot see copies of this model,
         # so it leaves the family while another test can (decided on the owner's side, before the suspect is seen).
-        copy_results = run_methods(LocalAPI(load_encoder(copy_dir), key="owner-copy"), "the owner's own copy")
+        copy_results = run_methods(LocalAPI(load_encoder(copy_dir), key="owner-copy"), "the owner's own copy",
+                                   copy=True)
         copy_info = {"copy": str(copy_dir), "methods": {}}
         for m in copy_results:
             detected = m.in_family and m.p_value is not None and m.p_value < alpha
@@ -152,8 +173,8 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
                                    f"{m.p_value:.3g} >= alpha = {alpha})")
     methods = run_methods(suspect, "the suspect")
     if copy_info is not None:
-        methods = [replace(m, sees_copies=m.method not in gates, reason=gates.get(m.method, m.reason))
-                   if m.in_family else m for m in methods]
+        methods = [replace(m, sees_copies=None if m.method == "output-watermark" else m.method not in gates,
+                           reason=gates.get(m.method, m.reason)) if m.in_family else m for m in methods]
     queries = sum(int((m.details or {}).get("queries_used") or 0) for m in methods)
     for m in methods:
         frozen_alpha = (m.details or {}).get("alpha")

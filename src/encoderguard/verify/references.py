@@ -19,6 +19,7 @@ the set, which is where :func:`owner_reference_dir` (and ``verify all`` without 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -30,12 +31,14 @@ import torch
 
 from encoderguard.api.protocol import EmbeddingAPI
 from encoderguard.data.image_set import ImageSet
-from encoderguard.data.splits import SplitSpec, load_split
+from encoderguard.data.splits import SplitSpec, owner_spec, owner_split
 from encoderguard.errors import DataError
 from encoderguard.models.card import ModelCard
 from encoderguard.models.checkpoint import CARD_FILE, atomic_write_bytes, load_checkpoint, read_card, save_checkpoint
+from encoderguard.models.model_spec import ONNX_PREFIX, load_any
 from encoderguard.models.registry import create_encoder
-from encoderguard.train.progress import log
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "references.json"
 MANIFEST_FORMAT = "encoderguard-references"
@@ -114,8 +117,9 @@ class ReferenceSet:
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
             raise DataError(f"{manifest_path}: not an encoderguard reference manifest")
         entries = manifest.get("references")
+        kinds = ("checkpoint", "onnx", "api")
         if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
-                                                    and e.get("kind") in ("checkpoint", "api") for e in entries):
+                                                    and e.get("kind") in kinds for e in entries):
             raise DataError(f"{manifest_path}: malformed \"references\" list (each entry needs a name and a kind)")
         return cls(path, manifest)
 
@@ -138,15 +142,25 @@ class ReferenceSet:
         self.save()
 
     # -- registering third-party models ------------------------------------------------------------------------
-    def add_checkpoint(self, name: str, path: str | os.PathLike[str], **info: Any) -> dict[str, Any]:
+    def add_checkpoint(self, name: str, path: str | os.PathLike[str], *,
+                       input_shape: tuple[int, int, int] | None = None, **info: Any) -> dict[str, Any]:
         """Register an existing checkpoint directory (a public or third-party model) as a reference.
 
-        The checkpoint is loaded once here to check it (safetensors + card only; never pickle).
+        The checkpoint is loaded once here to check it (safetensors + card only; never pickle). ``onnx:PATH``
+        registers an ONNX model instead (``input_shape`` for one with dynamic image dimensions).
 
         Raises:
             CheckpointError: not a loadable checkpoint.
             ValueError: the name is taken.
         """
+        if str(path).startswith(ONNX_PREFIX):
+            model = load_any(path, input_shape=input_shape)
+            entry = {"name": _check_name(name), "kind": "onnx",
+                     "path": str(Path(str(path)[len(ONNX_PREFIX):]).resolve()),
+                     "recipe": str(info.pop("recipe", "registered")), "arch": "onnx", "embed_dim": model.embed_dim,
+                     "input_shape": list(model.input_shape), "data": None, **info}
+            self._add(entry)
+            return entry
         card = load_checkpoint(path).card
         entry = {"name": _check_name(name), "kind": "checkpoint", "path": str(Path(path).resolve()),
                  "recipe": str(info.pop("recipe", "registered")), "arch": card.arch, "embed_dim": card.embed_dim,
@@ -183,6 +197,11 @@ class ReferenceSet:
                 folder = folder if folder.is_absolute() else self.folder / folder
                 encoder = load_checkpoint(folder).encoder
                 out.append(Reference(entry["name"], LocalAPI(encoder, key=f"reference:{entry['name']}"), entry))
+            elif entry["kind"] == "onnx":
+                folder = Path(entry["path"])
+                folder = folder if folder.is_absolute() else self.folder / folder
+                model = load_any(f"{ONNX_PREFIX}{folder}", input_shape=tuple(entry["input_shape"]))
+                out.append(Reference(entry["name"], LocalAPI(model, key=f"reference:{entry['name']}"), entry))
             else:
                 from encoderguard.api import HTTPEmbeddingAPI
 
@@ -292,8 +311,7 @@ def reference_pool(owner_card: ModelCard, *, data_dir: str | None = None) -> tup
     if not owner_card.data:
         raise DataError("the owner's card records no data split: references must train on data disjoint from the "
                         "owner's; register independent models with 'encoderguard references add' instead")
-    spec = SplitSpec.from_dict(owner_card.data).with_split("query")
-    return load_split(spec, data_dir=data_dir), spec
+    return owner_split(owner_card, "query", data_dir=data_dir), owner_spec(owner_card).with_split("query")
 
 
 def train_reference(plan: ReferencePlan, pool: ImageSet, spec: SplitSpec, out_dir: str | os.PathLike[str], *,
@@ -383,8 +401,8 @@ def build_references(owner_dir: str | os.PathLike[str], out_dir: str | os.PathLi
         folder = refs.folder / plan.name
         if (folder / CARD_FILE).exists() and not (folder / "resume.safetensors").exists():
             raise DataError(f"{folder} holds a model that the manifest does not list; delete it or the set")
-        log(f"[references] {i}/{len(plans)} {plan.name}: {plan.recipe} on {plan.epochs} epochs, "
-            f"{min(n_images, len(pool))} images of {spec.dataset}:query, seed {plan.seed}")
+        logger.info("[references] %d/%d %s: %s on %d epochs, %d images of %s:query, seed %d", i, len(plans),
+                    plan.name, plan.recipe, plan.epochs, min(n_images, len(pool)), spec.dataset, plan.seed)
         entry = train_reference(plan, pool, spec, folder, images=n_images, owner_card=owner_card,
                                 progress=progress)
         refs._add(entry)

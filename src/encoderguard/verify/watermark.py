@@ -32,7 +32,7 @@ from torch import nn
 
 from encoderguard.api.protocol import EmbeddingAPI
 from encoderguard.data.image_set import ImageSet
-from encoderguard.data.splits import SplitSpec, load_split
+from encoderguard.data.splits import load_split, owner_spec, owner_split
 from encoderguard.errors import CheckpointError, DataError
 from encoderguard.models.card import ModelCard
 from encoderguard.models.checkpoint import Checkpoint, load_checkpoint
@@ -235,7 +235,7 @@ class WatermarkVerifier:
             return self._images, self._images.name
         if not self.card.data:
             raise DataError(f"{self.source}: the card does not record the owner's data split; pass images=")
-        spec = SplitSpec.from_dict(self.card.data)
+        spec = owner_spec(self.card)
         if spec.split not in _DISJOINT_TRAINING_SPLITS:
             raise DataError(f"{self.source}: the owner was trained on {spec.dataset}:{spec.split}, which overlaps "
                             f"{VERIFY_SPLIT}; pass verification images the watermark head never saw (images=)")
@@ -249,7 +249,7 @@ class WatermarkVerifier:
             if not self.card.data:
                 raise DataError(f"{self.source}: the card records no data split, so there is no query split to "
                                 "align with; pass align_images=")
-            pool = load_split(SplitSpec.from_dict(self.card.data).with_split("query"), data_dir=self.data_dir)
+            pool = owner_split(self.card, "query", data_dir=self.data_dir)
         if pool.input_shape != tuple(self.card.input_shape):
             raise DataError(f"alignment images are {pool.input_shape} but the owner takes {self.card.input_shape}")
         a = min(self.align_queries, len(pool))
@@ -439,7 +439,7 @@ class WatermarkVerifier:
     def _owner_embeddings(self, rotated: torch.Tensor) -> torch.Tensor | None:
         if self.owner_encoder is None:
             return None
-        from encoderguard.train.probe import encode
+        from encoderguard.models.probe import encode
 
         return encode(self.owner_encoder, rotated)
 
