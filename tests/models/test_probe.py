@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoderguard.train import encode, probe_features
+from encoderguard.models import encode, probe_features
 
 
 def test_probe_separable_features_score_high_and_noise_scores_chance():

@@ -10,8 +10,8 @@ from sklearn.linear_model import Ridge
 
 from encoderguard.data.image_set import ImageSet
 from encoderguard.errors import DataError
-from encoderguard.models import create_encoder
-from encoderguard.train import encode, train_autoencoder
+from encoderguard.models import create_encoder, encode
+from encoderguard.train import train_autoencoder
 
 
 @functools.lru_cache(maxsize=1)

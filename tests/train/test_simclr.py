@@ -5,9 +5,10 @@ import torch
 from tests.conftest import tiny_encoder
 
 from encoderguard.data import SplitSpec, load_split
+from encoderguard.models.checkpoint_probe import probe_sets
+from encoderguard.models.probe import probe_model
+from encoderguard.models.random_init import random_init_like
 from encoderguard.train import NTXentLoss, SimCLRConfig, train_simclr
-from encoderguard.train.evaluate import probe_sets, random_init_like
-from encoderguard.train.probe import probe_model
 from encoderguard.train.simclr import RESUME_FILE
 from encoderguard.train.watermark_task import rotation_batch
 

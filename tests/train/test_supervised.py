@@ -9,8 +9,8 @@ from sklearn.datasets import load_digits
 
 from encoderguard.data.image_set import ImageSet
 from encoderguard.errors import DataError
-from encoderguard.models import create_encoder
-from encoderguard.train import encode, probe_features, train_supervised
+from encoderguard.models import create_encoder, encode, probe_features
+from encoderguard.train import train_supervised
 from encoderguard.train.supervised import _random_shift
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from encoderguard.errors import CheckpointError
 from encoderguard.models.card import ModelCard, software_versions
 from encoderguard.models.encoder import Encoder
+from encoderguard.models.encoder_contract import check_encoder
 from encoderguard.models.heads import projection_head, watermark_head
 from encoderguard.models.registry import create_encoder
 
@@ -99,9 +100,17 @@ def save_checkpoint(out_dir: str | os.PathLike[str], *, encoder: Encoder, card: 
                     projector: nn.Module | None = None, watermark_head: nn.Module | None = None) -> ModelCard:
     """Write ``model.safetensors`` then ``card.json`` (with the weights' digest) into ``out_dir``.
 
+    The encoder is checked against the contract first (:func:`~encoderguard.models.encoder_contract.check_encoder`:
+    registered ``arch``, ``arch_kwargs`` that rebuild it, a finite ``[N, embed_dim]`` forward), so that a model
+    which could not be reloaded is refused here, before anything is written.
+
     Returns:
         The card as written (with ``weights_sha256`` and ``software`` filled in).
+
+    Raises:
+        ValueError: the encoder breaks the contract (the message names what to fix).
     """
+    check_encoder(encoder)
     out = Path(out_dir)
     tensors: dict[str, torch.Tensor] = {}
     for prefix, module in (("encoder", encoder), ("projector", projector), ("watermark_head", watermark_head)):
@@ -160,6 +169,10 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str = "cpu") 
         tensors = load_file(weights_path, device=map_location)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights_path}: not a readable safetensors file ({exc})") from exc
+    reserved = sorted({"input_shape", "embed_dim"} & set(card.arch_kwargs))
+    if reserved:
+        raise CheckpointError(f"{folder}/{CARD_FILE}: arch_kwargs must not repeat {reserved} (the card records them "
+                              "on their own); remove them from arch_kwargs")
     try:
         encoder = create_encoder(card.arch, input_shape=card.input_shape, embed_dim=card.embed_dim, **card.arch_kwargs)
     except ValueError as exc:

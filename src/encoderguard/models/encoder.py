@@ -10,6 +10,10 @@ from torch import nn
 class Encoder(nn.Module):
     """An encoder knows its input shape, its output size and how to rebuild itself (for the model card).
 
+    The contract a subclass meets (a registered ``arch``, ``arch_kwargs`` that rebuild it, a ``forward`` that
+    returns one finite ``[N, D]`` tensor) is in ``docs/models.md`` and is checked by ``save_checkpoint``
+    (:func:`~encoderguard.models.encoder_contract.check_encoder`).
+
     Attributes:
         arch: registry name of the architecture.
         arch_kwargs: keyword arguments that rebuild it with :func:`encoderguard.models.create_encoder`.

@@ -13,6 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from encoderguard.data.image_set import ImageSet
@@ -66,13 +67,16 @@ def probe_features(train_x: np.ndarray | torch.Tensor, train_y: np.ndarray | tor
     if len(np.unique(ty)) < 2:
         raise ValueError("the probe needs at least two classes in its training labels")
     linear = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
-    with warnings.catch_warnings():  # a probe that stops at max_iter is still a fair, repeatable measurement
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        linear.fit(tx, ty)
-    linear_acc = float((linear.predict(vx) == vy).mean())
-    knn = KNeighborsClassifier(n_neighbors=min(k, len(tx)), metric="cosine", algorithm="brute")
-    knn.fit(tx, ty)
-    knn_acc = float((knn.predict(vx) == vy).mean())
+    # One BLAS thread: these matrices are small, and a multi-threaded BLAS beside torch's own threads made the
+    # probe 10-100x slower on a 2-core machine (threads spinning against each other), for the same result.
+    with threadpool_limits(limits=1, user_api="blas"):
+        with warnings.catch_warnings():  # a probe that stops at max_iter is still a fair, repeatable measurement
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            linear.fit(tx, ty)
+        linear_acc = float((linear.predict(vx) == vy).mean())
+        knn = KNeighborsClassifier(n_neighbors=min(k, len(tx)), metric="cosine", algorithm="brute")
+        knn.fit(tx, ty)
+        knn_acc = float((knn.predict(vx) == vy).mean())
     return ProbeResult(linear_acc=linear_acc, knn_acc=knn_acc, n_train=len(tx), n_test=len(vx))
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from encoderguard.data.image_set import ImageSet
 from encoderguard.models.encoder import Encoder
-from encoderguard.train.progress import progress_bar
+from encoderguard.progress import progress_bar
 
 # loss(encoder, head, batch indices, generator, device) -> scalar
 BatchLoss = Callable[[Encoder, nn.Module, torch.Tensor, torch.Generator, torch.device], torch.Tensor]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +13,42 @@ import torch
 from encoderguard.data.image_set import ImageSet
 from encoderguard.data.splits import SplitSpec, load_split
 from encoderguard.models.card import ModelCard
-from encoderguard.models.checkpoint import CARD_FILE, save_checkpoint
+from encoderguard.models.checkpoint import CARD_FILE, WEIGHTS_FILE, save_checkpoint
+from encoderguard.models.probe import encode, probe_model
 from encoderguard.models.registry import check_arch, create_encoder
 from encoderguard.models.verify_key import VERIFY_KEY_FILE, VerifyKey
-from encoderguard.train.probe import encode, probe_model
-from encoderguard.train.progress import log
+from encoderguard.train.distributed import init_from_env
 from encoderguard.train.simclr import RESUME_FILE, SimCLRConfig, train_simclr
 from encoderguard.train.watermark_task import VerificationSeeds, verification_rotations
 
 WATERMARK_EVAL_SIZE = 2000
+logger = logging.getLogger(__name__)
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an output path that :func:`train_to_dir` must not write into.
+
+    Accepted: a path that does not exist, an empty directory, or an interrupted run of this function (it resumes).
+    Refused: a file, a finished model, and a non-empty directory holding no encoderguard training files (writing
+    there would mix a checkpoint into someone else's files).
+
+    Raises:
+        FileExistsError: ``out`` is a file, already holds a trained model, or holds unrelated files.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a directory; choose a new directory for the checkpoint")
+    if (out / CARD_FILE).exists() and not (out / RESUME_FILE).exists():
+        raise FileExistsError(f"{out} already holds a trained model; choose another --out or delete it")
+    ours = {CARD_FILE, WEIGHTS_FILE, RESUME_FILE, VERIFY_KEY_FILE}
+    # atomic writes leave ".<name>.<random>.tmp" files behind when killed
+    other = sorted(p.name for p in out.iterdir() if p.name not in ours
+                   and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    if other and not (out / RESUME_FILE).exists():
+        shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+        raise FileExistsError(f"--out {out} is a non-empty directory that holds no encoderguard model ({shown}); "
+                              "choose a new or empty directory")
 
 
 def watermark_accuracy(encoder: torch.nn.Module, head: torch.nn.Module, images: ImageSet, *,
@@ -53,6 +82,11 @@ def train_to_dir(*, data: SplitSpec, arch: str, arch_kwargs: dict[str, Any], con
     ``max_images`` trains on a random sample of that many images of the split (seeded by the split seed, recorded
     in the card); it is refused for ``owner-train``, whose size ``data.train_size`` defines the owner's split.
     Resumes from ``out_dir/resume.safetensors`` when present. Returns a summary (also stored in the card).
+
+    Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) every process calls this function: they join one process group
+    (gloo on CPU, NCCL with ``device="cuda"``, one GPU per process), train together on slices of each global batch
+    of ``config.batch_size`` images (:mod:`encoderguard.train.distributed`), and rank 0 alone probes and writes
+    the checkpoint; the other ranks return ``{"rank": r, "world_size": N}``.
     """
     check_arch(arch)
     if max_images is not None:
@@ -62,8 +96,10 @@ def train_to_dir(*, data: SplitSpec, arch: str, arch_kwargs: dict[str, Any], con
             raise ValueError("max_images applies to splits other than owner-train; set owner-train's size with "
                              "train_size (--train-size)")
     out = Path(out_dir)
-    if (out / CARD_FILE).exists() and not (out / RESUME_FILE).exists():
-        raise FileExistsError(f"{out} already holds a trained model; choose another --out or delete it")
+    check_out_dir(out)
+    place = init_from_env(device)
+    device = place.device(device)
+    progress = progress and place.is_main
     started = time.perf_counter()
     images = load_split(data, data_dir=data_dir)
     if max_images is not None and max_images < len(images):
@@ -72,14 +108,18 @@ def train_to_dir(*, data: SplitSpec, arch: str, arch_kwargs: dict[str, Any], con
     torch.manual_seed(config.seed)
     kwargs = dict(arch_kwargs)
     encoder = create_encoder(arch, input_shape=images.input_shape, **kwargs)
-    log(f"training {arch} on {images.name} ({len(images)} images, {config.epochs} epochs)")
-    if config.watermark_weight > 0 and config.seed == 0:
+    if place.is_main:
+        logger.info("training %s on %s (%d images, %d epochs%s)", arch, images.name, len(images), config.epochs,
+                    f", {place.world_size} processes" if place.enabled else "")
+    if config.watermark_weight > 0 and config.seed == 0 and place.is_main:
         # Encoders that start from the owner's initial weights read the owner's head above chance even without the
         # watermark (docs/watermark.md), and seed 0 is everyone's default.
-        log("warning: watermarking with the default seed 0; use a private --seed so that no innocent encoder "
-            "shares the owner's initial weights")
+        warnings.warn("watermarking with the default seed 0; use a private --seed so that no innocent encoder "
+                      "shares the owner's initial weights", UserWarning, stacklevel=2)
     out.mkdir(parents=True, exist_ok=True)
     result = train_simclr(encoder, images, config, work_dir=out, progress=progress, device=device)
+    if not place.is_main:
+        return {"rank": place.rank, "world_size": place.world_size}
     metrics: dict[str, Any] = {"final_loss": result.epoch_losses[-1], "train_seconds": None}
     heads: dict[str, dict[str, Any]] = {"projector": {"hidden_dim": config.proj_hidden, "out_dim": config.proj_dim}}
     watermark: dict[str, Any] | None = None
@@ -107,7 +147,8 @@ def train_to_dir(*, data: SplitSpec, arch: str, arch_kwargs: dict[str, Any], con
         metrics.update(linear_acc=probe_result.linear_acc, knn_acc=probe_result.knn_acc)
     seconds = time.perf_counter() - started
     metrics["train_seconds"] = seconds
-    training = {"method": "simclr", "preset": preset, **config.to_dict(), "epoch_losses": result.epoch_losses}
+    training = {"method": "simclr", "preset": preset, **config.to_dict(), "epoch_losses": result.epoch_losses,
+                **({"processes": place.world_size} if place.enabled else {})}
     data_card = {**data.to_dict(), **({"max_images": max_images} if max_images is not None else {})}
     card = ModelCard(arch=arch, arch_kwargs={}, input_shape=encoder.input_shape, embed_dim=encoder.embed_dim,
                      data=data_card, training=training, metrics=metrics, heads=heads, watermark=watermark)
@@ -115,7 +156,7 @@ def train_to_dir(*, data: SplitSpec, arch: str, arch_kwargs: dict[str, Any], con
                     watermark_head=result.watermark_head)
     (out / RESUME_FILE).unlink(missing_ok=True)
     summary = {"out": str(out), "seconds": seconds, "train_images": len(images), "epochs": config.epochs,
-               "resumed_from_epoch": result.resumed_from_epoch, **metrics}
+               "resumed_from_epoch": result.resumed_from_epoch, "processes": place.world_size, **metrics}
     if watermark is not None:
         summary["watermark_acc"] = watermark["heldout_acc"]
     return summary

@@ -3,6 +3,10 @@
 Seeded and deterministic on CPU: each epoch reseeds torch's generator from ``(seed, epoch)``, so a run resumed from
 the checkpoint of epoch ``e`` continues exactly as an uninterrupted run would. The resume state (model, heads,
 optimiser, epoch, losses) is one safetensors file written atomically at the end of every epoch.
+
+Under ``torchrun`` (:mod:`encoderguard.train.distributed`) each process trains on its slice of every global batch,
+the NT-Xent loss compares the whole gathered batch, DDP averages the gradients, and only rank 0 writes the resume
+state and shows progress; a run is reproducible for a given number of processes.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from encoderguard.errors import CheckpointError
 from encoderguard.models.checkpoint import atomic_save_tensors
 from encoderguard.models.encoder import Encoder
 from encoderguard.models.heads import projection_head, watermark_head
+from encoderguard.progress import progress_bar
+from encoderguard.train.distributed import current
 from encoderguard.train.head_training import batches
 from encoderguard.train.ntxent_loss import NTXentLoss
-from encoderguard.train.progress import progress_bar
 from encoderguard.train.watermark_task import rotation_batch
 
 RESUME_FILE = "resume.safetensors"
@@ -94,11 +99,32 @@ class TrainResult:
     resumed_from_epoch: int = 0
 
 
-def _config_digest(config: SimCLRConfig, encoder: Encoder, n: int) -> str:
-    # The epoch count is left out on purpose: a stopped run may be resumed with more epochs.
+class _SimCLRStep(nn.Module):
+    """One forward pass of a training step: projections of two views, watermark logits of rotated images.
+
+    One module, so that DDP sees one forward per backward although the encoder runs two or three times.
+    """
+
+    def __init__(self, encoder: Encoder, projector: nn.Module, wm_head: nn.Module | None) -> None:
+        super().__init__()
+        self.encoder, self.projector, self.wm_head = encoder, projector, wm_head
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor,
+                rotated: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        z1 = self.projector(self.encoder(v1))
+        z2 = self.projector(self.encoder(v2))
+        logits = self.wm_head(self.encoder(rotated)) if self.wm_head is not None and rotated is not None else None
+        return z1, z2, logits
+
+
+def _config_digest(config: SimCLRConfig, encoder: Encoder, n: int, world_size: int = 1) -> str:
+    # The epoch count is left out on purpose: a stopped run may be resumed with more epochs. The number of processes
+    # changes the run (per-rank views and BatchNorm slices), so a resume must keep it; one process adds no key, so
+    # that resume states written before distributed training stay valid.
     settings = {k: v for k, v in config.to_dict().items() if k != "epochs"}
+    extra = {"world_size": world_size} if world_size > 1 else {}
     blob = json.dumps({"config": settings, "arch": encoder.arch, "kwargs": encoder.arch_kwargs,
-                       "shape": encoder.input_shape, "dim": encoder.embed_dim, "n": n}, sort_keys=True)
+                       "shape": encoder.input_shape, "dim": encoder.embed_dim, "n": n, **extra}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -111,15 +137,23 @@ def train_simclr(encoder: Encoder, data: ImageSet, config: SimCLRConfig, *, work
         data: training images; labels are ignored.
         config: run settings.
         work_dir: where ``resume.safetensors`` lives; if it holds a compatible resume state, training continues
-            from it. ``None`` disables resuming.
-        progress: show a progress bar on stderr.
-        device: torch device.
+            from it (every process of a distributed run reads it; rank 0 writes it). ``None`` disables resuming.
+        progress: show a progress bar on stderr (rank 0 only).
+        device: torch device (this process's, in a distributed run).
 
     Returns:
-        The trained encoder and heads (on CPU, eval mode) and the per-epoch losses.
+        The trained encoder and heads (on CPU, eval mode) and the per-epoch losses (averaged over the processes).
+
+    Raises:
+        ValueError: fewer than 2 images, images of another shape, or a distributed run whose global batch leaves a
+            process fewer than 2 images.
     """
+    place = current()
     if len(data) < 2:
         raise ValueError(f"SimCLR needs at least 2 training images, got {len(data)}")
+    if config.batch_size < 2 * place.world_size:
+        raise ValueError(f"batch_size {config.batch_size} is the global batch: with {place.world_size} processes it "
+                         f"must be >= {2 * place.world_size} (2 images per process for BatchNorm)")
     if data.input_shape != encoder.input_shape:
         raise ValueError(f"data images are {data.input_shape} but the encoder takes {encoder.input_shape}")
     torch.manual_seed(config.seed)
@@ -134,29 +168,37 @@ def train_simclr(encoder: Encoder, data: ImageSet, config: SimCLRConfig, *, work
     criterion = NTXentLoss(config.temperature)
     c, h, w = encoder.input_shape
     augment = create_augmentation(config.augmentation, c, (h, w))
-    digest = _config_digest(config, encoder, len(data))
+    digest = _config_digest(config, encoder, len(data), place.world_size)
     resume_path = Path(work_dir) / RESUME_FILE if work_dir is not None else None
     start_epoch, losses = 0, list[float]()
     if resume_path is not None and resume_path.is_file():
         start_epoch, losses = _load_resume(resume_path, modules, optimiser, digest)
+    step = place.wrap(_SimCLRStep(encoder, projector, wm_head), device)
     images = data.images
     wm_correct = wm_total = 0
-    with progress_bar(progress) as bar:
+    with progress_bar(progress and place.is_main) as bar:
         task = bar.add_task("SimCLR", total=config.epochs, completed=start_epoch, info="")
         for epoch in range(start_epoch, config.epochs):
             modules.train()
             generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-            torch.manual_seed(config.seed * 100_003 + epoch)
+            torch.manual_seed(place.rank_seed(config.seed * 100_003 + epoch))
             total, steps = 0.0, 0
             wm_correct = wm_total = 0
-            for index in batches(len(images), config.batch_size, generator):  # 500 at 256 -> 250 + 250
-                x = images[index].to(device).float().div_(255.0)
-                z1 = projector(encoder(augment(x)))
-                z2 = projector(encoder(augment(x)))
-                loss = criterion(z1, z2)
+            # 500 at 256 -> 250 + 250; the ranks agree on the global batches and each takes its slice
+            for index in batches(len(images), config.batch_size, generator):
+                if len(index) < 2 * place.world_size:
+                    continue
+                if place.enabled and steps == 0:
+                    # after the shared permutation: each rank's rotations from its own stream
+                    generator = torch.Generator().manual_seed(place.rank_seed(config.seed * 100_003 + epoch))
+                x = images[place.shard(index)].to(device).float().div_(255.0)
+                v1, v2 = augment(x), augment(x)
+                rotated = labels = None
                 if wm_head is not None:
                     rotated, labels = rotation_batch(x, generator=generator)
-                    logits = wm_head(encoder(rotated))
+                z1, z2, logits = step(v1, v2, rotated)
+                loss = criterion(place.gather(z1), place.gather(z2))
+                if logits is not None and labels is not None:
                     loss = loss + config.watermark_weight * F.cross_entropy(logits, labels)
                     wm_correct += int((logits.argmax(1) == labels).sum())
                     wm_total += len(labels)
@@ -165,8 +207,9 @@ def train_simclr(encoder: Encoder, data: ImageSet, config: SimCLRConfig, *, work
                 optimiser.step()
                 total += float(loss.detach())
                 steps += 1
-            losses.append(total / max(steps, 1))
-            if resume_path is not None:
+            losses.append(place.mean([total / max(steps, 1)])[0])
+            wm_correct, wm_total = place.sum([wm_correct, wm_total])
+            if resume_path is not None and place.is_main:
                 _save_resume(resume_path, modules, optimiser, epoch + 1, losses, digest)
             bar.update(task, advance=1, info=f"loss {losses[-1]:.4f}")
     modules.eval().to("cpu")
