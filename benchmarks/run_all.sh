@@ -6,12 +6,13 @@
 #   bash benchmarks/run_all.sh               # every stage, in order
 #   bash benchmarks/run_all.sh di defences   # only these stages (always run in the order below)
 #
-# Stages, in dependency order: foundation api steal watermark di defences validity robustness demo. Every stage first trains (or
-# reuses) the models it needs, so a stage also runs alone. A model directory that already holds card.json is
-# reused, not retrained (delete the directory to retrain it); interrupted trainings and steals resume from their
-# resume state / query cache. So a rerun after an interruption is cheap to resume. Some scripts also keep their
-# own finished work: watermark_transfer.py reuses copies in runs/wm-copies/, defence_tradeoff.py reuses rows in
-# benchmarks/out/defences/rows/ (delete them for a full remeasure).
+# Stages, in dependency order: foundation api api_hostile proxy steal steal_ladder watermark di defences validity
+# robustness output_watermark scaleout demo. Every stage first trains (or reuses) the models it needs, so a stage also
+# runs alone. A model directory that already holds card.json is reused, not retrained (delete the directory to retrain it);
+# interrupted trainings and steals resume from their resume state / query cache. So a rerun after an interruption is
+# cheap to resume. Some scripts also keep their own finished work: watermark_transfer.py reuses copies in
+# runs/wm-copies/, defence_tradeoff.py reuses rows in benchmarks/out/defences/rows/ (delete them for a full
+# remeasure), output_watermark.py its rows in benchmarks/out/output_watermark/rows.jsonl.
 #
 # It takes hours on 2 CPU cores (many hours with every stage: about 25 model trainings and steals, the DI
 # calibration alone is ~45 min). Timings (foundation, api, defence throughput, demo) are only meaningful on an
@@ -22,7 +23,8 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 EG=.venv/bin/encoderguard
 export ENCODERGUARD_NO_PROGRESS=1
-STAGES=(foundation api steal watermark di defences validity robustness demo)
+STAGES=(foundation api api_hostile proxy steal steal_ladder watermark di defences validity robustness output_watermark
+        scaleout demo)
 mkdir -p benchmarks/out
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
@@ -101,6 +103,18 @@ stage_api() {
     $PY benchmarks/api_durability.py --cycles 8 --min-seconds 0.5 --max-seconds 3 --seed 1
 }
 
+# results_api.md "Hostile clients": bad requests, tracebacks, kill -9 during a steal, auth timing, throughput under
+# attack, per-request latency before/after TCP_NODELAY (rows in benchmarks/out/api_hostile/; about 5 minutes).
+stage_api_hostile() {
+  run_log benchmarks/out/api_hostile.log $PY benchmarks/api_hostile.py
+}
+
+# results_api.md "Gateway": throughput through encoderguard proxy (no defence) vs its upstream directly, batch 32 and
+# 256, alternating rounds (rows in benchmarks/out/proxy/; about 3 minutes).
+stage_proxy() {
+  run_log benchmarks/out/proxy.log $PY benchmarks/proxy_throughput.py --out benchmarks/out/proxy --json
+}
+
 # results_steal.md: stealing the default victim over HTTP, cached vs the seed's re-query loop, budget 1,000 and
 # MNIST queries. The reference fidelities of its set-up (0.043, 0.709) have no kept command (see results_steal.md).
 stage_steal() {
@@ -119,6 +133,17 @@ stage_steal() {
   # section 5: queries from another distribution (MNIST digits), in-process victim
   run_to benchmarks/out/steal_mnist.json $EG steal --victim runs/victim --budget 2000 --loss mse \
     --query-data mnist:query --out runs/bench/steal-mnist --json
+}
+
+# results_steal.md "Budget ladder": every thief of encoderguard.attacks.thieves (and the seed's re-query loop) at
+# 125 ... 2,000 queries on the default victim and a stronger one, 3 seeds. Resumable: one row per finished cell in
+# benchmarks/out/steal_ladder/rows.jsonl, done cells are skipped (delete the file for a full remeasure).
+stage_steal_ladder() {
+  train_model runs/ladder/victim-default runs/ladder/logs/victim-default.json runs/ladder/logs/victim-default.err \
+    $EG train --data fashion-mnist --epochs 15 --train-size 10000 --seed 0 --out runs/ladder/victim-default --json
+  train_model runs/ladder/victim-strong runs/ladder/logs/victim-strong.json runs/ladder/logs/victim-strong.err \
+    $EG train --data fashion-mnist --epochs 20 --train-size 20000 --seed 0 --out runs/ladder/victim-strong --json
+  run_log runs/ladder/logs/ladder.log nice -n 10 $PY benchmarks/steal_ladder.py
 }
 
 # results_watermark.md (all of it ran with OMP_NUM_THREADS=1).
@@ -281,12 +306,35 @@ stage_robustness() {
     --work runs/val --out benchmarks/out/robustness
 }
 
+# results_watermark.md "Serving-time watermark": honest cost, detection of copies stolen through the watermarked API,
+# false positives and the robustness matrix, on the validity benchmark's owner, references and innocents (needs stage
+# validity's models). Resumable: a row per finished cell in benchmarks/out/output_watermark/rows.jsonl.
+stage_output_watermark() {
+  run_log runs/val/logs/output_watermark.log $PY benchmarks/output_watermark.py --work runs/val \
+    --out benchmarks/out/output_watermark
+}
+
+# RESULTS.md "Scale-out": train --nproc 2 (2 CPU processes, gloo) against one process over 5 seeds (resumable rows in
+# benchmarks/out/scaleout/ddp_equivalence.jsonl; delete them to remeasure), a stealing sweep in-process against a
+# local Ray instance of 2 CPUs, and serve replicas on one PostgreSQL ledger (quota exactness, kill -9, ledger
+# overhead, workers; needs PostgreSQL installed, see `make setup`); about 25 minutes on a busy 2-core machine. benchmarks/gpu.sh is not a stage:
+# it needs a GPU.
+stage_scaleout() {
+  mkdir -p benchmarks/out/scaleout
+  run_log benchmarks/out/scaleout/ddp_equivalence.log $PY benchmarks/scaleout_ddp.py
+  run_log benchmarks/out/scaleout/sweep_ray.log $PY benchmarks/scaleout_sweep.py
+  run_log benchmarks/out/scaleout/replicas.log $PY benchmarks/scaleout_replicas.py
+}
+
 # results_steal.md: the end-to-end demo, timed (its own training, serving, stealing and verification).
 stage_demo() {
   rm -rf runs/demo
   echo "+ /usr/bin/time -v make demo; cp runs/demo/summary.json benchmarks/out/demo/summary.json" >&2
   /usr/bin/time -v make demo
   mkdir -p benchmarks/out/demo && cp runs/demo/summary.json benchmarks/out/demo/summary.json
+  # RESULTS.md "Steal evaluation": evaluation time before/after one BLAS thread, and with --eval-size 1000, on the
+  # demo's victim
+  run bash benchmarks/steal_eval_timing.sh runs/demo/victim 3
 }
 
 # ---- main ---------------------------------------------------------------------------------------------------------

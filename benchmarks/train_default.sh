@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue "foundation" claim: the default CPU victim preset trains in <= 5 minutes on 2 cores and beats the
+# The "foundation" claim: the default CPU victim preset trains in <= 5 minutes on 2 cores and beats the
 # random-init baseline of the same architecture by >= 3 linear-probe points.
 # Usage: bash benchmarks/train_default.sh [OUT_DIR]   (default runs/bench/victim-default)
 set -euo pipefail

@@ -28,12 +28,12 @@ from typing import Any
 import torch
 
 from encoderguard.api import LocalAPI
-from encoderguard.data import SplitSpec, load_split
+from encoderguard.data import SplitSpec, load_split, owner_spec, owner_split
 from encoderguard.models import ModelCard, load_checkpoint, read_card, save_checkpoint
+from encoderguard.models.random_init import null_encoders
 from encoderguard.models.verify_key import VerifyKey
-from encoderguard.verify.dataset_inference import DatasetInference, owner_data
+from encoderguard.verify.dataset_inference import DatasetInference
 from encoderguard.verify.decision import MethodResult, combine
-from encoderguard.verify.di_config import null_encoders
 from encoderguard.verify.references import MLP_KWARGS, ReferencePlan, ReferenceSet, train_reference
 from encoderguard.verify.stats import binomial_confidence_interval
 from encoderguard.verify.watermark import WatermarkVerifier
@@ -88,7 +88,7 @@ def innocent_plans(owner: ModelCard) -> list[tuple[ReferencePlan, str, int]]:
 def stage_innocents(args: argparse.Namespace) -> None:
     owner = read_card(args.owner)
     refs = set(ReferenceSet.load(args.refs).names())
-    spec = SplitSpec.from_dict(owner.data or {})
+    spec = owner_spec(owner)
     pools = {"query": (load_split(spec.with_split("query")), spec.with_split("query")),
              "mnist": (load_split(SplitSpec("mnist", "train", spec.split_seed, spec.train_size)),
                        SplitSpec("mnist", "train", spec.split_seed, spec.train_size))}
@@ -104,19 +104,24 @@ def stage_innocents(args: argparse.Namespace) -> None:
 
 def stage_copies(args: argparse.Namespace) -> None:
     from encoderguard.attacks import StealingAttack
+    from encoderguard.attacks.thieves import thief_settings
 
     owner = load_checkpoint(args.owner)
-    query = load_split(SplitSpec.from_dict(owner.card.data or {}).with_split("query"))
-    for loss in LOSSES:
+    query = owner_split(owner.card, "query")
+    # Copies per loss with today's StealingAttack, plus copies of every --thief recipe (encoderguard.attacks.thieves;
+    # its loss and training settings, the same epochs): a verifier is only as good as the thief it was measured on.
+    makers = [(loss, {"loss": loss}) for loss in LOSSES]
+    makers += [(f"thief_{name}", {**thief_settings(name), "epochs": args.copy_epochs}) for name in args.thief]
+    for label, settings in makers:
         for budget in BUDGETS:
             for seed in COPY_SEEDS:
-                folder = Path(args.work) / "copies" / f"{loss}-{budget}-s{seed}"
+                folder = Path(args.work) / "copies" / f"{label}-{budget}-s{seed}"
                 if (folder / "card.json").exists():
                     continue
                 started = time.perf_counter()
-                attack = StealingAttack(LocalAPI(owner.encoder), loss=loss, budget=budget,
-                                        cache_dir=folder / "query_cache", epochs=args.copy_epochs,
-                                        seed=100 + seed, progress=False)
+                attack = StealingAttack(LocalAPI(owner.encoder), budget=budget, cache_dir=folder / "query_cache",
+                                        **{"epochs": args.copy_epochs, **settings}, seed=100 + seed, progress=False)
+                loss = str(settings["loss"])
                 result = attack.extract(query)
                 card = ModelCard(arch=result.encoder.arch, arch_kwargs={}, input_shape=result.encoder.input_shape,
                                  embed_dim=result.encoder.embed_dim, data=None,
@@ -152,7 +157,7 @@ def draw_tests(owner: Any, refs: list[Any], draw: int, *, wm_queries: int, alpha
     key = VerifyKey(hashlib.sha256(f"encoderguard-validity-draw-{draw}".encode()).digest())
     verifiers = {align: WatermarkVerifier(owner, references=refs, key=key, max_queries=wm_queries, alpha=alpha,
                                           align=align) for align in ("none", "auto")}
-    train, heldout = owner_data(owner.card)
+    train, heldout = owner_split(owner.card, "owner-train"), owner_split(owner.card, "owner-heldout")
     di = DatasetInference(seed=1000 + draw, alpha=alpha).fit(members=train, nonmembers=heldout, owner=owner.encoder,
                                                             null_models=null_encoders(owner.encoder, 3))
     return verifiers, di
@@ -213,7 +218,7 @@ def stage_copycheck(args: argparse.Namespace) -> None:
     owner = load_checkpoint(args.owner)
     folder = Path(args.work) / "owner-copy"
     if not (folder / "card.json").exists():
-        query = load_split(SplitSpec.from_dict(owner.card.data or {}).with_split("query"))
+        query = owner_split(owner.card, "query")
         result = StealingAttack(LocalAPI(owner.encoder), loss="infonce", budget=2000, cache_dir=folder / "query_cache",
                                 epochs=args.copy_epochs, seed=900, progress=False).extract(query)
         card = ModelCard(arch=result.encoder.arch, arch_kwargs={}, input_shape=result.encoder.input_shape,
@@ -298,6 +303,9 @@ def main() -> None:
     p.add_argument("--first-draw", type=int, default=0, help="skip the draws before this one (to split the work)")
     p.add_argument("--copy-draws", type=int, default=1, help="draws on which the copies are tested (from draw 0)")
     p.add_argument("--copy-epochs", type=int, default=30)
+    p.add_argument("--thief", action="append", default=[], metavar="NAME",
+                   help="also make copies with this named recipe of encoderguard.attacks.thieves (e.g. strong; "
+                        "repeatable); folders thief_NAME-BUDGET-sSEED")
     p.add_argument("--wm-queries", type=int, default=2000)
     p.add_argument("--alpha", type=float, default=0.01)
     args = p.parse_args()

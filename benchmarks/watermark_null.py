@@ -27,8 +27,8 @@ import torch
 
 from encoderguard.api import LocalAPI
 from encoderguard.models import load_checkpoint, load_encoder
-from encoderguard.train.evaluate import random_init_like
-from encoderguard.train.probe import encode
+from encoderguard.models.probe import encode
+from encoderguard.models.random_init import random_init_like
 from encoderguard.verify.watermark import WatermarkVerifier
 
 

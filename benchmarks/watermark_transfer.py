@@ -38,7 +38,7 @@ import torch
 
 from encoderguard.api import LocalAPI
 from encoderguard.models import load_checkpoint, load_encoder, read_card
-from encoderguard.train.evaluate import random_init_like
+from encoderguard.models.random_init import random_init_like
 from encoderguard.verify.watermark import WatermarkVerifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,13 +67,12 @@ def _steal(victim: str, loss: str, budget: int, out: Path, seed: int, extra: lis
 
 def _local_mse_copy(victim: str, budget: int, out: Path) -> dict[str, Any]:
     """Fallback when the stealing attack is not installed: MSE on the victim's answers over query images."""
-    from encoderguard.data import SplitSpec, load_split
+    from encoderguard.data import owner_split
     from encoderguard.models import ModelCard, create_encoder, save_checkpoint
-    from encoderguard.train.probe import encode
+    from encoderguard.models.probe import encode
 
     ckpt = load_checkpoint(victim)
-    spec = SplitSpec.from_dict(ckpt.card.data or {}).with_split("query")
-    x = load_split(spec).float(slice(0, budget))
+    x = owner_split(ckpt.card, "query").float(slice(0, budget))
     y = encode(ckpt.encoder, x)
     torch.manual_seed(12345)  # not the victim's initialisation
     copy = create_encoder(ckpt.card.arch, input_shape=ckpt.card.input_shape, embed_dim=ckpt.card.embed_dim,

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from encoderguard.api import LocalAPI
-from encoderguard.data import SplitSpec, load_split
+from encoderguard.data import owner_spec, owner_split
 from encoderguard.models import load_checkpoint
 from encoderguard.train.run import watermark_accuracy
 from encoderguard.verify.watermark import WatermarkVerifier
@@ -67,8 +67,8 @@ def main() -> None:
     ckpt = load_checkpoint(args.victim)
     base = load_checkpoint(args.baseline)
     wm = ckpt.card.watermark or {}
-    spec = SplitSpec.from_dict(ckpt.card.data or {})
-    train_images = load_split(spec, data_dir=None).head(2000)
+    spec = owner_spec(ckpt.card)
+    train_images = owner_split(ckpt.card, "owner-train").head(2000)
     train_correct, train_n = watermark_accuracy(ckpt.encoder, ckpt.watermark_head, train_images,
                                                 seed=TRAIN_CHECK_SEED)
     self_test = WatermarkVerifier(ckpt, max_queries=args.queries).verify(LocalAPI(ckpt.encoder))

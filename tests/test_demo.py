@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from encoderguard.experiments.demo import DemoSettings, StageError, _card_mismatch, run_demo, summary_table
+from encoderguard.scenarios.demo import DemoSettings, StageError, _card_mismatch, run_demo, summary_table
 
 pytestmark = pytest.mark.slow
 

@@ -24,9 +24,3 @@ def progress_bar(enabled: bool = True) -> Iterator[Progress]:
                         console=_console, disable=not progress_enabled(enabled), transient=False)
     with progress:
         yield progress
-
-
-def log(message: str) -> None:
-    """One line of progress information on stderr."""
-    if progress_enabled(True):
-        _console.print(message, highlight=False)

@@ -68,7 +68,8 @@ def test_watermark_weight_comes_from_the_preset_unless_given(tmp_path, capsys, e
     (["train", "--data", "digits", "--preset", "huge", "--out", "X"], "unknown preset 'huge'"),
     (["train", "--data", "digits:nosplit", "--out", "X"], "unknown split 'nosplit'"),
     (["train", "--data", "digits", "--train-size", "5000", "--out", "X"], "leaves no held-out data"),
-    (["train", "--data", "fashion-mnist", "--data-dir", "/nonexistent", "--out", "X"], "apt-get install"),
+    (["train", "--data", "fashion-mnist", "--data-dir", "/nonexistent", "--out", "X"], "/nonexistent (--data-dir) does "
+     "not exist"),
     (["probe", "--encoder", "/nonexistent/dir"], "checkpoint directory not found"),
     (["train", "--data", "digits", "--max-images", "50", "--out", "X"], "max_images applies to splits other than"),
 ])

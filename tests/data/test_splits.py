@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoderguard.data import SplitSpec, load_dataset, load_split, parse_data_spec, write_idx
+from encoderguard.data import SplitSpec, load_dataset, load_split, owner_spec, owner_split, parse_data_spec, write_idx
 from encoderguard.data.splits import split_indices
 from encoderguard.errors import DataError
 
@@ -86,3 +86,32 @@ def test_image_folder_loader(tmp_path):
     (tmp_path / "b" / "bad.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="not a readable image"):
         load_dataset(f"folder:{tmp_path}/.")
+
+
+def test_owner_split_rebuilds_the_owners_images_from_a_card():
+    from encoderguard.models import ModelCard
+
+    spec = SplitSpec("digits", "owner-train", 3, 300)
+    card = ModelCard(arch="convnet", arch_kwargs={}, input_shape=(1, 8, 8), embed_dim=16, data=spec.to_dict())
+    assert owner_spec(card) == spec == owner_spec(spec.to_dict())
+    for split in ("owner-train", "owner-heldout", "query", "probe-test"):
+        got = owner_split(card, split)
+        want = load_split(spec.with_split(split))
+        assert got.name == f"digits:{split}" and torch.equal(got.images, want.images)
+    assert len(owner_split(card, "owner-train")) == 300
+
+
+def test_owner_split_needs_the_split_the_owner_trained_on():
+    from encoderguard.models import ModelCard
+
+    bare = ModelCard(arch="convnet", arch_kwargs={}, input_shape=(1, 8, 8), embed_dim=16, data={"dataset": "digits"})
+    with pytest.raises(DataError, match=r"no split information \(missing data.split_seed, data.train_size\)"):
+        owner_split(bare, "query")
+    with pytest.raises(DataError, match="no split information"):
+        owner_spec(None)
+    independent = {"dataset": "digits", "split": "query", "split_seed": 0, "train_size": 100}
+    with pytest.raises(DataError, match="not 'owner-train'"):
+        owner_split(independent, "owner-heldout")
+    assert len(owner_split(independent, "probe-train")) > 0  # public-like splits stay available
+    with pytest.raises(ValueError, match="unknown split 'holdout'"):
+        owner_split(independent, "holdout")

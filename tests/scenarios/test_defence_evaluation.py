@@ -1,4 +1,4 @@
-"""The defence trade-off experiment end to end on a tiny digits victim (in process and over HTTP)."""
+"""The defence evaluation end to end on a tiny digits victim (in process and over HTTP)."""
 
 from __future__ import annotations
 
@@ -10,37 +10,10 @@ import pytest
 import torch
 
 from encoderguard.cli.main import main
-from encoderguard.experiments.defend_eval import (
-    DefenceEvaluation,
-    HonestPattern,
-    check_settings,
-    orthogonal_procrustes,
-    split_chain,
-)
+from encoderguard.scenarios import DefenceEvaluation, HonestPattern
 
 TINY = {"width": 8, "depth": 2, "pool": "avg"}  # not the victim's architecture (same seed: same initial weights)
 HONEST = HonestPattern(users=2, classes=2, train_per_class=10, test_per_class=10, batch=8)
-
-
-def test_split_chain() -> None:
-    assert split_chain("coverage:beta=0.3+orthogonal") == ["coverage:beta=0.3", "orthogonal"]
-    assert split_chain("noise:sigma=1e+2") == ["noise:sigma=1e+2"]
-    assert split_chain("none") == []
-
-
-def test_check_settings_names_the_setting() -> None:
-    check_settings(["noise:sigma=0.1", "coverage+orthogonal"])
-    with pytest.raises(ValueError, match="defence setting 'coverage\\+orthgonal': unknown defence 'orthgonal'"):
-        check_settings(["coverage+orthgonal"])
-    with pytest.raises(ValueError, match="topk k=99 exceeds the embedding size 16"):
-        check_settings(["topk:k=99"], dim=16)
-
-
-def test_procrustes_recovers_a_rotation() -> None:
-    g = torch.Generator().manual_seed(0)
-    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))
-    source = torch.randn(40, 8, generator=g, dtype=torch.float64)
-    assert torch.allclose(orthogonal_procrustes(source, source @ q), q, atol=1e-8)
 
 
 def test_rows_and_adaptive_attacks_in_process(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -97,3 +70,17 @@ def test_cli_rejects_a_bad_spec_before_loading(tmp_path: Path, capsys: pytest.Ca
     code = main(["defend-eval", "--victim", str(tmp_path / "missing"), "--defence", "noise:sigm=1"])
     assert code == 2
     assert "no parameter 'sigm'" in capsys.readouterr().err
+
+
+def test_a_named_thief_is_the_attacker(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    settings = {"budget": 64, "epochs": 1, "transport": "local", "honest": HONEST, "broad_user": False,
+                "copy_arch_kwargs": TINY, "progress": False}
+    with pytest.raises(ValueError, match="unknown thief 'best'; choose one of: baseline"):
+        DefenceEvaluation(tiny_checkpoint, thief="best", **settings)
+    named = DefenceEvaluation(tiny_checkpoint, thief="mixup", loss="cosine", out_dir=tmp_path / "named", **settings)
+    assert named.loss == "mse" and named.settings()["thief"] == "mixup"
+    assert named.settings()["thief_settings"] == {"mixup": 0.4}
+    plain = DefenceEvaluation(tiny_checkpoint, **settings)
+    assert "thief" not in plain.settings()  # rows cached by a plain attacker are never reused for a thief
+    row = named.evaluate("none")
+    assert row.attacker_fidelity is not None and math.isfinite(row.attacker_fidelity)

@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="a defence setting, name[:k=v,...][+name...] (repeatable: one row each)")
     p.add_argument("--budget", type=positive_int, default=2000, help="the attacker's queries (default 2000)")
     p.add_argument("--loss", default="mse", help="stealing loss (default mse)")
+    p.add_argument("--thief", default=None,
+                   help="the attacker as a named recipe of encoderguard.attacks.thieves (e.g. strong: the best "
+                        "measured thief); its loss replaces --loss")
     p.add_argument("--epochs", type=positive_int, default=30, help="training epochs of each copy (default 30)")
     p.add_argument("--transport", choices=("http", "local"), default="http",
                    help="http (default: the real server and client) or local (in process, faster)")
@@ -38,7 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--sybils", type=positive_int, default=4, help="keys of the sybil attacks (default 4)")
     p.add_argument("--anchors", type=non_negative_int, default=128,
                    help="shared inputs per sybil key for aligning keys (default 128)")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seeds the honest users' class draws, the attackers' query order and the copies (default 0; "
+                        "the defences' secrets are their own seed settings)")
     p.add_argument("--out", default=None,
                    help="directory for the table (defences.md, defences.csv), the plot (defences.png), the JSON "
                         "and finished rows, reused by a rerun with the same settings")
@@ -49,13 +54,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from encoderguard.experiments.defend_eval import DefenceEvaluation, HonestPattern, check_settings
+    from encoderguard.defences.registry import check_settings
+    from encoderguard.scenarios import DefenceEvaluation, HonestPattern
 
     check_settings(args.defence)  # a typo fails before the victim is loaded and probed
     adaptive = [name.strip() for name in args.adaptive.split(",") if name.strip()]
     per_class = args.honest_per_class
     evaluation = DefenceEvaluation(
-        args.victim, budget=args.budget, loss=args.loss, epochs=args.epochs, transport=args.transport,
+        args.victim, budget=args.budget, loss=args.loss, thief=args.thief, epochs=args.epochs, transport=args.transport,
         honest=HonestPattern(users=args.honest_users, classes=args.honest_classes, train_per_class=per_class,
                              test_per_class=per_class),
         broad_user=not args.no_broad_user, adaptive=adaptive, repeats=args.repeats, sybils=args.sybils,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from encoderguard.cli.common import add_data_dir, add_progress, non_negative_int, positive_int
+from encoderguard.cli.common import add_data_dir, add_progress, input_shape, non_negative_int, positive_int
 from encoderguard.cli.main import add_common
 
 
@@ -33,7 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     a = actions.add_parser("add", help="register a public or third-party model (checkpoint or API) as a reference")
     a.add_argument("--refs", required=True, help="the reference-set folder (created if missing)")
     a.add_argument("--name", required=True, help="a unique name")
-    a.add_argument("--checkpoint", default=None, help="checkpoint directory (safetensors + card.json)")
+    a.add_argument("--checkpoint", default=None,
+                   help="checkpoint directory (safetensors + card.json), or onnx:PATH for an ONNX model")
+    a.add_argument("--input-shape", type=input_shape, default=None, metavar="C,H,W",
+                   help="image shape of an ONNX model with dynamic dimensions, e.g. 3,32,32")
     a.add_argument("--api", default=None, help="embedding API URL")
     a.add_argument("--api-key-env", default=None, help="environment variable holding the API key (never stored)")
     a.add_argument("--note", default=None, help="where the model comes from (kept in the manifest)")
@@ -60,8 +63,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError("give exactly one of --checkpoint DIR or --api URL")
         refs = ReferenceSet.create(args.refs)
         info = {"note": args.note} if args.note else {}
-        entry = (refs.add_checkpoint(args.name, args.checkpoint, **info) if args.checkpoint
-                 else refs.add_api(args.name, args.api, key_env=args.api_key_env, **info))
+        entry = (refs.add_checkpoint(args.name, args.checkpoint, input_shape=args.input_shape, **info)
+                 if args.checkpoint else refs.add_api(args.name, args.api, key_env=args.api_key_env, **info))
         return {"refs": str(refs.folder), "added": entry, "count": len(refs.entries)}
     refs = ReferenceSet.load(args.refs)
     return {"refs": str(refs.folder), "count": len(refs.entries), "references": refs.entries}

@@ -32,8 +32,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--epochs", type=positive_int, default=None, help="training epochs per copy (default 60)")
     p.add_argument("--min-steps", type=non_negative_int, default=0,
                    help="least optimiser steps per copy: small budgets get more epochs (default 0)")
-    p.add_argument("--augmentation", choices=("weak", "simclr", "none"), default=None)
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--augmentation", choices=("weak", "simclr", "none"), default=None,
+                   help="the copies' training views (default weak: crop 0.8-1 + flip)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seeds the query order, the copies' initial weights and their training (default 0)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the grid's cells as Ray tasks: 'local' (a Ray instance on this machine for the run), "
+                        "'auto', HOST:6379 or ray://HOST:10001; without Ray installed the cells run in this process "
+                        "(pip install 'encoderguard[ray]'); default: in this process")
+    p.add_argument("--ray-cpus", type=positive_int, default=None,
+                   help="with --ray local: CPUs of the local Ray instance (default: all)")
     p.add_argument("--out", required=True, help="output directory")
     add_data_dir(p)
     add_progress(p)
@@ -45,28 +53,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from pathlib import Path
 
     from encoderguard.attacks import victim_reference
-    from encoderguard.data.splits import SplitSpec, load_split, parse_data_spec
-    from encoderguard.experiments.sweep import DEFAULT_FRACTIONS, budgets_from_fractions, run_sweep
-    from encoderguard.models import load_checkpoint, load_encoder
-    from encoderguard.train.evaluate import probe_sets
+    from encoderguard.attacks.steal_run import resolve_victim
+    from encoderguard.data.splits import SplitSpec, load_split, owner_spec, parse_data_spec
+    from encoderguard.models import load_encoder
+    from encoderguard.models.checkpoint_probe import probe_sets
+    from encoderguard.scenarios.job_runner import create_runner
+    from encoderguard.scenarios.sweep import DEFAULT_FRACTIONS, budgets_from_fractions, run_sweep
 
-    owner_dir = args.victim or args.victim_for_eval
-    if owner_dir is None:
+    if args.api and args.victim_for_eval is None:
         raise ValueError("--api needs --victim-for-eval DIR: the sweep evaluates owner-side")
-    if args.api and not args.key:
-        raise ValueError("--api needs --key")
-    ckpt = load_checkpoint(owner_dir)
-    spec = SplitSpec.from_dict(ckpt.card.data or {})
-    if args.api:
-        from encoderguard.api import HTTPEmbeddingAPI
-
-        api: Any = HTTPEmbeddingAPI(args.api, args.key)
-        victim_id = f"api:{api.url}"
-    else:
-        from encoderguard.api import LocalAPI
-
-        api = LocalAPI(ckpt.encoder, key="attacker")
-        victim_id = f"checkpoint:{ckpt.card.weights_sha256}"
+    if args.ray_cpus is not None and args.ray != "local":
+        raise ValueError("--ray-cpus sizes the instance of --ray local")
+    runner = create_runner(args.ray, num_cpus=args.ray_cpus)
+    victim = resolve_victim(checkpoint=args.victim, url=args.api, key=args.key,
+                            eval_checkpoint=args.victim_for_eval if args.api else None)
+    if victim.encoder is None:  # pragma: no cover - both resolutions above carry the owner's model
+        raise ValueError("the sweep needs the victim's checkpoint")
+    spec = owner_spec(victim.card)
+    api, victim_id = victim.api, victim.victim_id
     dataset, split = parse_data_spec(args.query_data or f"{spec.dataset}:query", default_split="query")
     query = load_split(SplitSpec(dataset, split, spec.split_seed, spec.train_size), data_dir=args.data_dir)
     probe_train, probe_test = probe_sets(spec.dataset, split_seed=spec.split_seed, data_dir=args.data_dir)
@@ -77,11 +81,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.augmentation:
         attack_kwargs["augmentation"] = args.augmentation
     references = {Path(d).name: load_encoder(d) for d in args.reference}
-    result = run_sweep(api, victim=victim_reference(ckpt.encoder, probe_train, probe_test), probe_train=probe_train,
+    result = run_sweep(api, victim=victim_reference(victim.encoder, probe_train, probe_test), probe_train=probe_train,
                        probe_test=probe_test, query_data=query, losses=args.loss, budgets=budgets, out_dir=args.out,
                        victim_train_size=spec.train_size, references=references, attack_kwargs=attack_kwargs,
-                       progress=not args.no_progress)
-    return {**result.to_dict(), "budgets": budgets, "query_data": query.name}
+                       progress=not args.no_progress, runner=runner)
+    return {**result.to_dict(), "budgets": budgets, "query_data": query.name, "runner": runner.name}
 
 
 def render(result: dict[str, Any]) -> str:

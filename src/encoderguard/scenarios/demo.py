@@ -10,10 +10,9 @@ attacker holds nothing but its API key. This module only wires the commands toge
 from __future__ import annotations
 
 import json
+import logging
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,10 +21,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from encoderguard.api.launcher import ServerStartError, launch_server
 from encoderguard.errors import EncoderGuardError
 from encoderguard.models.checkpoint import atomic_write_bytes
 from encoderguard.train.presets import get_preset
-from encoderguard.train.progress import log
+
+logger = logging.getLogger(__name__)
 
 SERVER_START_TIMEOUT = 120.0
 
@@ -111,42 +112,6 @@ def _run_json(stage: str, args: list[str], *, env: dict[str, str]) -> dict[str, 
     return result
 
 
-class _Server:
-    """``encoderguard serve`` in a child process on 127.0.0.1 with an ephemeral port."""
-
-    def __init__(self, *, encoder: Path, keys: Path, ledger: Path, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("w")
-        self.proc = subprocess.Popen(
-            _cli("serve", "--encoder", str(encoder), "--host", "127.0.0.1", "--port", "0", "--keys", str(keys),
-                 "--ledger", str(ledger)), stdout=subprocess.DEVNULL, stderr=self._log, env=env)
-        self.url = self._wait_for_url()
-
-    def _wait_for_url(self) -> str:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        pattern = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise StageError(f"stage 'serve' failed: the server exited with {self.proc.returncode} "
-                                 f"(see {self.log_path})")
-            match = pattern.search(self.log_path.read_text())
-            if match:
-                return match.group(1)
-            time.sleep(0.2)
-        self.stop()
-        raise StageError(f"stage 'serve' failed: the server did not start within {SERVER_START_TIMEOUT:.0f} s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
 def _verdict_rows(suspect: str, decision: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per method of a ``verify all`` decision (the demo's ``verdicts`` contract)."""
     keep = ("method", "verdict", "p_value", "statistic", "effect", "n", "queries_used", "warnings", "calibrated",
@@ -177,7 +142,7 @@ def run_demo(out_dir: str | Path, *, settings: DemoSettings | None = None, data_
     summary: dict[str, Any] = {"settings": asdict(settings), "stages": stages}
 
     def stage(name: str) -> Callable[[], None]:
-        (on_stage or log)(f"demo: {name}")
+        (on_stage or logger.info)(f"demo: {name}")
         t0 = time.perf_counter()
         return lambda: stages.append({"stage": name, "seconds": time.perf_counter() - t0})
 
@@ -205,7 +170,11 @@ def run_demo(out_dir: str | Path, *, settings: DemoSettings | None = None, data_
         stale.unlink(missing_ok=True)
     attacker = _run_json("keys", ["keys", "add", "--keys", str(keys), "--name", "attacker", "--quota",
                                   str(budget)], env=env)
-    server = _Server(encoder=victim_dir, keys=keys, ledger=ledger, env=env, log_path=out / "server.log")
+    try:
+        server = launch_server(victim_dir, keys=keys, ledger=ledger, env=env, log=out / "server.log",
+                               timeout=SERVER_START_TIMEOUT)
+    except ServerStartError as exc:
+        raise StageError(f"stage 'serve' failed: {exc}") from None
     done()
     try:
         done = stage(f"3/7 steal the victim over HTTP ({settings.loss}, {budget} queries)")
@@ -284,7 +253,7 @@ def run_demo(out_dir: str | Path, *, settings: DemoSettings | None = None, data_
     summary["decisions"] = by
     atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
     try:
-        from encoderguard.experiments.report import render_report
+        from encoderguard.scenarios.report import render_report
 
         summary["report"] = str(render_report(out))
     except EncoderGuardError as exc:  # the report needs matplotlib; the verdicts stand without it
@@ -323,7 +292,7 @@ def _load_or_run(folder: Path, stage: str, args: list[str], env: dict[str, str],
                                          or (card.get("data") or {}).get("train_size", 0)),
                      **metrics, **({"watermark_acc": card["watermark"]["heldout_acc"]} if card.get("watermark")
                                    else {})}, False)
-        log(f"demo: {folder} holds a model with other settings ({', '.join(mismatch)}): retraining it")
+        logger.info(f"demo: {folder} holds a model with other settings ({', '.join(mismatch)}): retraining it")
         shutil.rmtree(folder)
     elif folder.exists() and not (folder / "resume.safetensors").exists():
         shutil.rmtree(folder)

@@ -17,6 +17,7 @@ from typing import Any
 
 from encoderguard.errors import EncoderGuardError
 from encoderguard.models.checkpoint import atomic_write_bytes
+from encoderguard.optional import pyplot
 
 SUSPECTS = ("victim", "stolen", "independent")
 _MEANING = {
@@ -27,14 +28,7 @@ _MEANING = {
 
 
 def _plt() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise EncoderGuardError("the report needs matplotlib: pip install 'encoderguard[plots]'") from exc
-    return plt
+    return pyplot("the report")
 
 
 def _png(fig: Any) -> str:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from encoderguard.data.image_set import ImageSet
-from encoderguard.data.splits import SplitSpec, load_split
 from encoderguard.errors import DataError
+from encoderguard.models.probe import encode
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,6 @@ def calibrate_spread(encoder: torch.nn.Module, heldout: ImageSet, cells_out: str
         "sweep_queries_to_full", ...}``.
     """
     from encoderguard.defences import fit_cells, save_cells, sequential_spread
-    from encoderguard.train.probe import encode
 
     if margin < 1 or ramp <= 1:
         raise ValueError(f"margin must be >= 1 and ramp > 1, got margin={margin}, ramp={ramp}")
@@ -107,10 +106,3 @@ def calibrate_spread(encoder: torch.nn.Module, heldout: ImageSet, cells_out: str
             "sweep_spread_mean_end": float(sweep_curve[-1]), "sweep_queries_to_start": first_above(start),
             "sweep_queries_to_full": first_above(full), "calibration_data": heldout.name}
 
-
-def owner_heldout(card_data: dict[str, Any], *, data_dir: str | None = None) -> ImageSet:
-    """The owner's held-out images, rebuilt from a model card's data section."""
-    if not card_data or card_data.get("split", "owner-train") != "owner-train":
-        raise DataError("the encoder's card does not describe an owner split (train it with `encoderguard train` on "
-                        "DATASET:owner-train)")
-    return load_split(SplitSpec.from_dict(card_data).with_split("owner-heldout"), data_dir=data_dir)

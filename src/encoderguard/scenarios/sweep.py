@@ -6,6 +6,10 @@ the first ``b`` answers of that cache: a sweep over budgets ``b_1 < ... < b_k`` 
 queries instead of ``L * (b_1 + ... + b_k)``. Each row is still exactly what an attacker with budget ``b`` would get,
 since its copy never sees an answer beyond position ``b``.
 
+Each cell of the grid (one loss, one budget) is an independent job (:func:`run_cell`): it trains a copy on the
+first ``b`` cached answers and scores it, without the API or the cache directory. The cells run one after another
+in this process, or spread over a Ray cluster (:mod:`encoderguard.scenarios.job_runner`); the rows are the same.
+
 Outputs in ``out_dir``: ``sweep.csv``, ``sweep.md`` (one row per loss and budget) and, with matplotlib installed,
 ``gain_recovery.png`` and ``fidelity.png`` (one line per loss against queries paid, with reference lines).
 """
@@ -13,6 +17,7 @@ Outputs in ``out_dir``: ``sweep.csv``, ``sweep.md`` (one row per loss and budget
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -23,11 +28,15 @@ from typing import Any
 from torch import nn
 
 from encoderguard.api.protocol import EmbeddingAPI
-from encoderguard.attacks.evaluate import VictimReference, evaluate_copy, mean_cosine
-from encoderguard.attacks.stealing import StealingAttack, fill_cache
+from encoderguard.attacks.copy_evaluation import VictimReference, evaluate_copy, mean_cosine
+from encoderguard.attacks.query_cache import CachedAnswers
+from encoderguard.attacks.stealing import StealingAttack, check_answers, fill_cache
 from encoderguard.data.image_set import ImageSet
-from encoderguard.train.probe import encode
-from encoderguard.train.progress import log
+from encoderguard.models.probe import encode
+from encoderguard.optional import MissingDependencyError, pyplot
+from encoderguard.scenarios.job_runner import InProcessRunner, JobRunner
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 _COLUMNS = ("loss", "budget", "fraction", "queries_paid", "linear_acc", "knn_acc", "victim_linear_acc",
@@ -81,6 +90,70 @@ class SweepResult:
                 "files": list(self.files), "seconds": self.seconds}
 
 
+@dataclass(frozen=True)
+class SweepCell:
+    """One job of the grid: a loss (with its settings) at a budget."""
+
+    loss: str
+    budget: int
+    loss_kwargs: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every cell needs, sent once to wherever the cells run.
+
+    Attributes:
+        query_data: the attacker's images.
+        answers: the paid answers of the largest budget (a budget ``b`` uses the first ``b``).
+        victim: the victim's representations of the probe sets.
+        probe_train: probe training images.
+        probe_test: probe test images.
+        input_shape: the victim's image shape.
+        dim: the victim's answer size.
+        victim_train_size: the denominator of ``fraction``.
+        attack_kwargs: further :class:`~encoderguard.attacks.StealingAttack` settings.
+    """
+
+    query_data: ImageSet
+    answers: CachedAnswers
+    victim: VictimReference
+    probe_train: ImageSet
+    probe_test: ImageSet
+    input_shape: tuple[int, int, int]
+    dim: int
+    victim_train_size: int
+    attack_kwargs: dict[str, Any]
+
+
+class _PaidAnswers:
+    """Stands in for the API inside a cell: shape and size only; a cell never queries."""
+
+    def __init__(self, input_shape: tuple[int, int, int], dim: int) -> None:
+        self.input_shape, self.dim, self.queries_used = input_shape, dim, 0
+
+    def embed(self, inputs: Any) -> Any:
+        raise RuntimeError("a sweep cell trains on paid answers only; it must not query the victim")
+
+
+def run_cell(context: SweepContext, cell: SweepCell) -> SweepRow:
+    """Train one copy on the first ``cell.budget`` paid answers and score it (a pure job: no API, no files)."""
+    started = time.perf_counter()
+    a = context.answers
+    answers = CachedAnswers(sources=a.sources[: cell.budget], views=a.views[: cell.budget],
+                            input_sha256=a.input_sha256[: cell.budget], answers=a.answers[: cell.budget])
+    attack = StealingAttack(_PaidAnswers(context.input_shape, context.dim), loss=cell.loss, budget=cell.budget,
+                            loss_kwargs=cell.loss_kwargs, **context.attack_kwargs)
+    copy, projector, losses = attack.train(context.query_data, answers, context.dim)
+    train_seconds = time.perf_counter() - started
+    ev = evaluate_copy(copy, context.victim, context.probe_train, context.probe_test, projector=projector)
+    return SweepRow(loss=cell.loss, budget=cell.budget, fraction=cell.budget / context.victim_train_size,
+                    queries_paid=cell.budget, linear_acc=ev.linear_acc, knn_acc=ev.knn_acc,
+                    victim_linear_acc=ev.victim_linear_acc, random_init_linear_acc=ev.random_init_linear_acc,
+                    gain_recovery=ev.gain_recovery, fidelity_cosine=ev.fidelity_cosine, final_loss=losses[-1],
+                    train_seconds=train_seconds)
+
+
 def budgets_from_fractions(fractions: Sequence[float], train_size: int) -> list[int]:
     """Budgets ``round(f * train_size)`` (at least 2), sorted and without duplicates.
 
@@ -99,13 +172,13 @@ def run_sweep(api: EmbeddingAPI, *, victim: VictimReference, probe_train: ImageS
               query_data: ImageSet, losses: Sequence[str], budgets: Sequence[int], out_dir: str | Path,
               victim_train_size: int, loss_kwargs: dict[str, dict[str, Any]] | None = None,
               references: Mapping[str, nn.Module] | None = None, attack_kwargs: dict[str, Any] | None = None,
-              progress: bool = True) -> SweepResult:
+              progress: bool = True, runner: JobRunner | None = None) -> SweepResult:
     """Steal with every loss at every budget from one shared query cache; write a table and plots.
 
     Args:
         api: the victim's API (pays for the largest budget, once).
         victim: the victim's representations of the probe sets (see
-            :func:`~encoderguard.attacks.evaluate.victim_reference`).
+            :func:`~encoderguard.attacks.copy_evaluation.victim_reference`).
         probe_train: probe training images.
         probe_test: probe test images (fidelity is measured here).
         query_data: the attacker's images.
@@ -117,10 +190,12 @@ def run_sweep(api: EmbeddingAPI, *, victim: VictimReference, probe_train: ImageS
         references: encoders whose fidelity to the victim is the yardstick (e.g. ``{"independent": enc}``);
             each must answer in the victim's dimension.
         attack_kwargs: further :class:`~encoderguard.attacks.StealingAttack` settings (epochs, augmentation...).
-        progress: progress bars on stderr.
+        progress: progress bars on stderr (of the cells too when they run in this process).
+        runner: where the cells run (:mod:`encoderguard.scenarios.job_runner`; default: one after another in this
+            process). Paying always happens here, once, before any cell starts.
 
     Returns:
-        The grid.
+        The grid, in the order losses x budgets whatever the runner.
 
     Raises:
         ValueError: for empty ``losses``/``budgets`` or a budget below 1.
@@ -136,24 +211,25 @@ def run_sweep(api: EmbeddingAPI, *, victim: VictimReference, probe_train: ImageS
     kwargs = {"progress": progress, **(attack_kwargs or {})}
     kwargs.setdefault("cache_dir", out / "query_cache")
     largest = StealingAttack(api, loss=losses[0], budget=budgets[-1], **kwargs)
-    cache = largest.open_cache(query_data)
-    paid = fill_cache(api, cache, largest.plan(query_data), query_data, budgets[-1],
-                      batch_size=largest.query_batch, progress=progress)
-    rows = []
-    for loss in losses:
-        for budget in budgets:
-            attack = StealingAttack(api, loss=loss, budget=budget, loss_kwargs=(loss_kwargs or {}).get(loss),
-                                    **kwargs)
-            result = attack.extract(query_data)
-            ev = evaluate_copy(result.encoder, victim, probe_train, probe_test, projector=result.projector)
-            rows.append(SweepRow(loss=loss, budget=budget, fraction=budget / victim_train_size,
-                                 queries_paid=result.queries_paid, linear_acc=ev.linear_acc, knn_acc=ev.knn_acc,
-                                 victim_linear_acc=ev.victim_linear_acc,
-                                 random_init_linear_acc=ev.random_init_linear_acc, gain_recovery=ev.gain_recovery,
-                                 fidelity_cosine=ev.fidelity_cosine, final_loss=result.epoch_losses[-1],
-                                 train_seconds=result.train_seconds))
-            log(f"{loss:>12} {budget:>6} queries: gain recovery {ev.gain_recovery:.3f}, fidelity "
-                f"{ev.fidelity_cosine:.4f} ({result.train_seconds:.0f} s)")
+    plan = largest.plan(query_data)
+    with largest.open_cache(query_data) as cache:
+        paid = fill_cache(api, cache, plan, query_data, budgets[-1], batch_size=largest.query_batch,
+                          progress=progress)
+        answers = cache.read(budgets[-1])
+    check_answers(answers, plan, query_data, cache.path)
+    runner = runner or InProcessRunner()
+    # The cells of another process show no progress bars: many bars from many workers would only interleave.
+    cell_kwargs = {**kwargs, "cache_dir": str(kwargs["cache_dir"]),
+                   "progress": progress and isinstance(runner, InProcessRunner)}
+    context = SweepContext(query_data=query_data, answers=answers, victim=victim, probe_train=probe_train,
+                           probe_test=probe_test, input_shape=tuple(int(v) for v in api.input_shape),  # type: ignore[arg-type]
+                           dim=int(api.dim), victim_train_size=victim_train_size, attack_kwargs=cell_kwargs)
+    cells = [SweepCell(loss, budget, (loss_kwargs or {}).get(loss)) for loss in losses for budget in budgets]
+    logger.info("%d sweep cells (%d losses x %d budgets), %s", len(cells), len(losses), len(budgets), runner.name)
+    rows = runner.map(run_cell, cells, shared=context)
+    for row in rows:
+        logger.info(f"{row.loss:>12} {row.budget:>6} queries: gain recovery {row.gain_recovery:.3f}, fidelity "
+                    f"{row.fidelity_cosine:.4f} ({row.train_seconds:.0f} s)")
     refs = {name: mean_cosine(encode(model, probe_test), victim.test) for name, model in (references or {}).items()}
     files = write_table(rows, out, references=refs)
     files += plot_sweep(rows, out, references=refs)
@@ -190,12 +266,9 @@ def plot_sweep(rows: Sequence[SweepRow], out_dir: Path, *, references: dict[str,
         The PNG paths written (none, with a note on stderr, when matplotlib is missing).
     """
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("plots skipped: pip install 'encoderguard[plots]' for matplotlib")
+        plt = pyplot("the sweep plots")
+    except MissingDependencyError as exc:
+        logger.warning("plots skipped: %s", exc)
         return []
     paths = []
     for metric, label, refs in (("gain_recovery", "gain recovery (copy - random) / (victim - random)", {}),
