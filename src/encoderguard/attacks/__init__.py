@@ -9,11 +9,12 @@ from encoderguard.attacks.copy_evaluation import (
     mean_cosine,
     victim_reference,
 )
+from encoderguard.attacks.copy_training import train_copy
 from encoderguard.attacks.losses import LOSSES, StealingLoss, create_loss
 from encoderguard.attacks.queries import QueryPlan, query_order
 from encoderguard.attacks.query_cache import CachedAnswers, QueryCache, QueryCacheError
 from encoderguard.attacks.selection import SELECTIONS
-from encoderguard.attacks.stealing import StealingAttack, StealResult, fill_cache, train_copy
+from encoderguard.attacks.stealing import StealingAttack, StealResult, fill_cache
 from encoderguard.attacks.thieves import THIEVES, create_thief
 
 __all__ = [

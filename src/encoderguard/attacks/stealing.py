@@ -33,19 +33,20 @@ import torch
 from torch import nn
 
 from encoderguard.api.protocol import EmbeddingAPI
-from encoderguard.attacks.answer_reuse import reuse_loss, sample_prototypes
+from encoderguard.attacks.answer_reuse import sample_prototypes
+from encoderguard.attacks.copy_training import train_copy
 from encoderguard.attacks.losses import RDALoss, StealingLoss, create_loss
 from encoderguard.attacks.queries import QueryPlan, data_digest, image_digest
 from encoderguard.attacks.query_cache import CachedAnswers, QueryCache, QueryCacheError
 from encoderguard.attacks.selection import check_selection, kcenter_plan, pay_in_rounds, rounds_plan
-from encoderguard.data.augment import AUGMENTATIONS, create_augmentation
+from encoderguard.data.augment import AUGMENTATIONS
 from encoderguard.data.image_set import ImageSet
 from encoderguard.errors import APIError, DataError
 from encoderguard.models.encoder import Encoder
 from encoderguard.models.heads import projection_head
 from encoderguard.models.registry import create_encoder
 from encoderguard.progress import progress_bar
-from encoderguard.train.distributed import ClosureStep, current
+from encoderguard.train.distributed import current
 
 DEFAULT_ARCH_KWARGS: dict[str, Any] = {"width": 32, "depth": 4, "pool": "avg"}
 COPY_AUGMENTATIONS = ("none", *AUGMENTATIONS)
@@ -420,87 +421,3 @@ def check_answers(answers: CachedAnswers, plan: QueryPlan, query_data: ImageSet,
     if bad.size:
         raise QueryCacheError(f"query cache {where}: the answer cached for position {int(bad[0])} was paid for "
                               "another input than the plan sends there; delete the cache to start over")
-
-
-def train_copy(copy: Encoder, images: torch.Tensor, targets: torch.Tensor, *, loss: nn.Module,
-               projector: nn.Module | None = None, epochs: int = 60, batch_size: int = 128, lr: float = 2e-3,
-               weight_decay: float = 1e-5, augmentation: str = "weak", seed: int = 0, progress: bool = True,
-               device: str = "cpu", views: int = 1, mixup: float = 0.0) -> list[float]:
-    """Train ``copy`` (and ``projector``) so that ``loss(copy(view of image i), targets[i])`` is small.
-
-    Adam with a cosine learning-rate decay to 0; every epoch reseeds torch's generator from ``(seed, epoch)``, so
-    a run is repeatable on CPU. Batches are balanced (no tiny last batch: contrastive losses need ``N >= 2``).
-    Under ``torchrun`` every process calls this with the same data: each trains on its slice of every global batch
-    (views seeded per rank) and DDP averages the gradients (:mod:`encoderguard.train.distributed`); a loss that
-    compares examples within a batch sees the process's slice.
-
-    Args:
-        copy: the encoder to train (in place).
-        images: uint8 ``[N, C, H, W]`` inputs, ``N >= 2``.
-        targets: float ``[N, D]`` answers of the victim.
-        loss: ``forward(stolen [B, D], victim [B, D]) -> scalar``.
-        projector: optional head mapping the copy's ``[B, D']`` to the victim's ``[B, D]``.
-        epochs: passes over the data.
-        batch_size: images per step.
-        lr: peak learning rate.
-        weight_decay: Adam weight decay.
-        augmentation: ``"none"``, ``"weak"`` or ``"simclr"`` views of the inputs.
-        seed: seeds batching and augmentation.
-        progress: progress bar on stderr.
-        device: torch device.
-        views: augmented views of each input per step, each trained towards its target (see
-            :func:`~encoderguard.attacks.answer_reuse.reuse_loss`).
-        mixup: Beta concentration of mixup between inputs with mixed targets (0: off).
-
-    Returns:
-        Mean loss of each epoch. ``copy`` and ``projector`` end on CPU in eval mode.
-    """
-    n = int(images.shape[0])
-    if n < 2:
-        raise ValueError(f"training a copy needs at least 2 answers, got {n}")
-    if targets.shape[0] != n:
-        raise ValueError(f"{n} images but {targets.shape[0]} targets")
-    if batch_size < 2 * current().world_size:
-        raise ValueError(f"batch_size {batch_size} is the global batch: with {current().world_size} processes it "
-                         f"must be >= {2 * current().world_size}")
-    modules = nn.ModuleList([copy] if projector is None else [copy, projector]).to(device)
-    optimiser = torch.optim.Adam(modules.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = max(1, math.ceil(n / batch_size))
-    total_steps = epochs * steps_per_epoch
-    # OneCycleLR divides by the length of its warm-up (pct_start * total_steps - 1 steps), which is 0 at 20 steps:
-    # up to 20 steps the warm-up is one step instead (longer runs keep 5 %); 2 steps or fewer run at a constant lr.
-    scheduler = (torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=total_steps,
-                                                     pct_start=0.05 if total_steps > 20 else 2 / total_steps,
-                                                     anneal_strategy="cos", cycle_momentum=False)
-                 if total_steps > 2 else None)
-    c, h, w = images.shape[1:]
-    augment = None if augmentation == "none" else create_augmentation(augmentation, int(c), (int(h), int(w)))
-    targets = targets.to(device=device, dtype=torch.float32)
-    forward = copy if projector is None else nn.Sequential(copy, projector)
-    place = current()
-    step = place.wrap(ClosureStep(forward, lambda model, x, y: reuse_loss(model, loss, x, y, augment=augment,
-                                                                         views=views, mixup=mixup)), device)
-    losses: list[float] = []
-    with progress_bar(progress and place.is_main) as bar:
-        task = bar.add_task("copy", total=epochs, info="")
-        for epoch in range(epochs):
-            modules.train()
-            generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            torch.manual_seed(place.rank_seed(seed * 100_003 + epoch))
-            perm = torch.randperm(n, generator=generator)
-            total = 0.0
-            batches = [b for b in torch.tensor_split(perm, steps_per_epoch) if len(b) >= 2 * place.world_size]
-            for index in batches:
-                index = place.shard(index)
-                x = images[index].to(device).float().div_(255.0)
-                value = step(x, targets[index.to(device)])
-                optimiser.zero_grad(set_to_none=True)
-                value.backward()
-                optimiser.step()
-                if scheduler is not None:
-                    scheduler.step()
-                total += float(value.detach())
-            losses.append(place.mean([total / max(len(batches), 1)])[0])
-            bar.update(task, advance=1, info=f"loss {losses[-1]:.4f}")
-    modules.eval().to("cpu")
-    return losses

@@ -56,8 +56,9 @@ from encoderguard.attacks.adaptive import (
     sybil_attack,
 )
 from encoderguard.attacks.copy_evaluation import gain_recovery, mean_cosine
+from encoderguard.attacks.copy_training import train_copy
 from encoderguard.attacks.losses import create_loss
-from encoderguard.attacks.stealing import DEFAULT_ARCH_KWARGS, StealingAttack, train_copy
+from encoderguard.attacks.stealing import DEFAULT_ARCH_KWARGS, StealingAttack
 from encoderguard.attacks.thieves import thief_settings
 from encoderguard.data.splits import owner_spec, owner_split
 from encoderguard.defences.base import Postprocessor, prepare_chain
