@@ -211,17 +211,21 @@ class Ledger:
         with self._transaction() as conn:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             version = self._version(conn) if "schema_version" in tables else 0
-            if version:
-                for old in range(version, SCHEMA_VERSION):
-                    for statement in _MIGRATIONS.get(old, ()):
-                        conn.execute(statement)
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            if version == 0:
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif version < SCHEMA_VERSION:
-                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            self._apply_schema(conn, version)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+    @staticmethod
+    def _apply_schema(conn: Any, version: int) -> None:
+        """Migrate a ledger of schema ``version`` (0: none yet) to :data:`SCHEMA_VERSION`, inside a transaction."""
+        for old in range(version, SCHEMA_VERSION) if version else ():
+            for statement in _MIGRATIONS.get(old, ()):
+                conn.execute(statement)
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        if version == 0:
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif version < SCHEMA_VERSION:
+            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     def quick_check(self, *, timeout: float | None = None) -> str:
         """SQLite's ``PRAGMA quick_check``, interrupted after ``timeout`` seconds.

@@ -129,10 +129,7 @@ class LocalAPI:
                 ]
                 embeddings = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
                 self._check_output(embeddings, n, "the encoder")
-                if self.defences:
-                    embeddings = apply_chain(self.defences, embeddings, inputs=batch, key=key or self.key)
-                    embeddings = embeddings.detach().float().cpu()
-                    self._check_output(embeddings, n, "the defence chain")
+                embeddings = self._defend(embeddings, batch, key)
             self._queries_used += n
         return embeddings.contiguous()
 
@@ -146,12 +143,17 @@ class LocalAPI:
         embeddings = self.source.embed(batch).float().cpu()
         self._check_output(embeddings, n, "the answer source")
         with self._lock:
-            if self.defences:
-                embeddings = apply_chain(self.defences, embeddings, inputs=batch, key=key or self.key)
-                embeddings = embeddings.detach().float().cpu()
-                self._check_output(embeddings, n, "the defence chain")
+            embeddings = self._defend(embeddings, batch, key)
             self._queries_used += n
         return embeddings.contiguous()
+
+    def _defend(self, embeddings: torch.Tensor, batch: torch.Tensor, key: str | None) -> torch.Tensor:
+        """The defence chain applied to checked answers (call with the lock held: defences keep per-key state)."""
+        if not self.defences:
+            return embeddings
+        defended = apply_chain(self.defences, embeddings, inputs=batch, key=key or self.key).detach().float().cpu()
+        self._check_output(defended, int(batch.shape[0]), "the defence chain")
+        return defended
 
     def _check_output(self, embeddings: torch.Tensor, n: int, who: str) -> None:
         if tuple(embeddings.shape) != (n, self._dim):

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from encoderguard.api.ledger import Ledger, LedgerUnavailableError
-from encoderguard.api.ledger_schema import _MIGRATIONS, _SCHEMA, SCHEMA_VERSION, SYNCHRONOUS_MODES
+from encoderguard.api.ledger_schema import SCHEMA_VERSION, SYNCHRONOUS_MODES
 from encoderguard.errors import EncoderGuardError
 from encoderguard.optional import require
 
@@ -176,15 +176,7 @@ class PostgresLedger(Ledger):
                     raise EncoderGuardError(f"ledger {self.path} holds no encoderguard ledger (no schema_version "
                                             "table); start a server on it first")
                 return
-            for old in range(version, SCHEMA_VERSION) if version else ():
-                for statement in _MIGRATIONS.get(old, ()):
-                    conn.execute(statement)
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            if version == 0:
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif version < SCHEMA_VERSION:
-                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            self._apply_schema(conn, version)
 
     def quick_check(self, *, timeout: float | None = None) -> str:
         """``"ok"`` when the database answers and holds the ledger's tables (PostgreSQL checks its own pages)."""

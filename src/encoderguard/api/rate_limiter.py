@@ -47,13 +47,8 @@ class RateLimiter:
         """
         if rate is None:
             return 0.0
-        if not rate > 0:
-            raise ValueError(f"rate must be > 0 images per second, got {rate!r}")
-        capacity = max(rate * self.burst, 1.0)
         with self._lock:
-            now = self._clock()
-            tokens, last = self._buckets.get(key_id, (capacity, now))
-            tokens = min(capacity, tokens + (now - last) * rate)
+            tokens, now, capacity = self._refilled(key_id, rate)
             need = min(float(n), capacity)
             if tokens + 1e-9 >= need:  # tolerate float error after waiting exactly the advised time
                 self._buckets[key_id] = (tokens - n, now)
@@ -65,12 +60,16 @@ class RateLimiter:
         """Seconds before :meth:`acquire` of ``n`` images would admit ``key_id`` (``0.0``: now); takes nothing."""
         if rate is None:
             return 0.0
+        with self._lock:
+            tokens, _, capacity = self._refilled(key_id, rate)
+        need = min(float(n), capacity)
+        return 0.0 if tokens + 1e-9 >= need else (need - tokens) / rate
+
+    def _refilled(self, key_id: str, rate: float) -> tuple[float, float, float]:
+        """``(tokens, now, capacity)`` of ``key_id``'s bucket refilled up to now (call with the lock held)."""
         if not rate > 0:
             raise ValueError(f"rate must be > 0 images per second, got {rate!r}")
         capacity = max(rate * self.burst, 1.0)
-        with self._lock:
-            now = self._clock()
-            tokens, last = self._buckets.get(key_id, (capacity, now))
-            tokens = min(capacity, tokens + (now - last) * rate)
-        need = min(float(n), capacity)
-        return 0.0 if tokens + 1e-9 >= need else (need - tokens) / rate
+        now = self._clock()
+        tokens, last = self._buckets.get(key_id, (capacity, now))
+        return min(capacity, tokens + (now - last) * rate), now, capacity

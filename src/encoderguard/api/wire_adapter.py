@@ -10,13 +10,14 @@ methods), and add the class to ``ADAPTERS`` in :mod:`encoderguard.api.adapter_re
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
 
 
-class WireAdapter:
-    """Base class of the wire formats.
+class WireAdapter(ABC):
+    """Base class of the wire formats (abstract: a format implements the two abstract methods).
 
     Args:
         model: the model name some formats put in the request or URL (``None``: the format's default).
@@ -33,21 +34,21 @@ class WireAdapter:
         """The URL that request paths are relative to, for the endpoint URL a user gives."""
         return url.rstrip("/")
 
+    @abstractmethod
     def embed_request(self, batch: np.ndarray) -> tuple[str, dict[str, Any]]:
         """The path (relative to the endpoint URL) and JSON body that ask for the embeddings of ``batch``.
 
         Args:
             batch: float32 ``[N, C, H, W]`` in ``[0, 1]``.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def parse_answer(self, payload: Any, n: int) -> np.ndarray:
         """The ``[n, D]`` vectors in a decoded JSON answer.
 
         Raises:
             ValueError: naming what is wrong with the answer (missing field, wrong count or shape, undecodable).
         """
-        raise NotImplementedError
 
     def describe_path(self) -> str | None:
         """Path of a ``GET`` that describes the model (input shape, answer size), or ``None`` if the format has
