@@ -45,7 +45,7 @@ class DelegatingAPI:
         return self._dim
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, int, int] | None:
         return self.inner.input_shape
 
     @property

@@ -14,6 +14,17 @@ from encoderguard.api.answer_source import AnswerSource
 from encoderguard.api.input_validation import as_image_batch, validate_inputs
 from encoderguard.defences.base import Postprocessor, apply_chain
 from encoderguard.errors import APIError
+from encoderguard.modality import (
+    DEFAULT_MAX_CHARS,
+    IMAGE,
+    TEXT,
+    Batch,
+    count_tokens,
+    is_text,
+    modality_of,
+    take,
+    validate_texts,
+)
 
 
 class LocalAPI:
@@ -26,14 +37,16 @@ class LocalAPI:
 
     Args:
         encoder: a module mapping ``[N, C, H, W]`` float32 in ``[0, 1]`` to ``[N, D]``, with attributes
-            ``embed_dim`` (``D``) and ``input_shape`` (``(C, H, W)``); or an
+            ``embed_dim`` (``D``) and ``input_shape`` (``(C, H, W)``); a text encoder (``modality = "text"``)
+            mapping a list of ``N`` strings to ``[N, D]`` (see :mod:`encoderguard.modality`); or an
             :class:`~encoderguard.api.answer_source.AnswerSource` (e.g. a client of another endpoint), whose answers
             get the same checks and defences. A source is called outside the lock (its calls may overlap); the
             defence chain still runs one request at a time.
         defences: postprocessors applied in order to every answer (empty: answers are the raw
             representations).
         key: the caller identity passed to the defences when :meth:`embed` is not given one.
-        batch_size: most images per forward pass (bounds peak memory, not the request size).
+        batch_size: most inputs per forward pass (bounds peak memory, not the request size).
+        max_chars: longest text accepted (text encoders only; longer: 413).
 
     Raises:
         ValueError: if the encoder lacks ``embed_dim``/``input_shape`` or ``batch_size`` is not a positive
@@ -52,6 +65,7 @@ class LocalAPI:
         defences: Sequence[Postprocessor] = (),
         key: str = "local",
         batch_size: int = 256,
+        max_chars: int = DEFAULT_MAX_CHARS,
     ) -> None:
         self.source: AnswerSource | None = None
         if not isinstance(encoder, nn.Module):
@@ -62,10 +76,15 @@ class LocalAPI:
             self.source = encoder
         embed_dim = encoder.dim if self.source is not None else getattr(encoder, "embed_dim", None)
         input_shape = getattr(encoder, "input_shape", None)
+        self.modality = modality_of(encoder)
         if not isinstance(embed_dim, int) or embed_dim < 1:
             raise ValueError(f"encoder.embed_dim must be a positive int, got {embed_dim!r}")
-        if input_shape is None or len(tuple(input_shape)) != 3 or any(int(v) < 1 for v in input_shape):
+        if self.modality == IMAGE and (
+            input_shape is None or len(tuple(input_shape)) != 3 or any(int(v) < 1 for v in input_shape)
+        ):
             raise ValueError(f"encoder.input_shape must be (C, H, W) of positive ints, got {input_shape!r}")
+        if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
+            raise ValueError(f"max_chars must be a positive int, got {max_chars!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(key, str) or not key:
@@ -77,8 +96,11 @@ class LocalAPI:
         self.defences: tuple[Postprocessor, ...] = tuple(defences)
         self.key = key
         self.batch_size = batch_size
+        self.max_chars = max_chars
         self._dim = embed_dim
-        self._input_shape: tuple[int, int, int] = tuple(int(v) for v in input_shape)  # type: ignore[assignment]
+        self._input_shape: tuple[int, int, int] | None = (
+            tuple(int(v) for v in input_shape) if self.modality == IMAGE else None  # type: ignore[assignment,union-attr]
+        )
         self._queries_used = 0
         self._lock = threading.Lock()
 
@@ -88,22 +110,38 @@ class LocalAPI:
         return self._dim
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of the accepted images."""
+    def input_shape(self) -> tuple[int, int, int] | None:
+        """``(C, H, W)`` of the accepted images (``None`` for a text encoder)."""
         return self._input_shape
 
     @property
     def queries_used(self) -> int:
-        """Images answered so far (a rejected batch counts nothing)."""
+        """Inputs answered so far (a rejected batch counts nothing)."""
         return self._queries_used
 
-    def embed(self, inputs: torch.Tensor | np.ndarray, *, key: str | None = None) -> torch.Tensor:
-        """Embed a batch of images.
+    def check_inputs(self, inputs: Batch | np.ndarray, *, max_batch: int | None = None) -> Batch:
+        """``inputs`` checked against this API's input contract and brought to its batch form.
+
+        Raises:
+            APIError: status 422 (413 for a batch over ``max_batch`` or an over-long text) naming the problem.
+        """
+        if self.modality == TEXT:
+            return validate_texts(inputs, max_batch=max_batch, max_chars=self.max_chars)
+        assert self._input_shape is not None
+        if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and is_text(inputs)):
+            raise APIError(f"this encoder takes images [N, {', '.join(map(str, self._input_shape))}], not text",
+                           status=422)
+        return validate_inputs(as_image_batch(inputs, self._input_shape),  # type: ignore[arg-type]
+                               self._input_shape, max_batch=max_batch)
+
+    def embed(self, inputs: Batch | np.ndarray, *, key: str | None = None) -> torch.Tensor:
+        """Embed a batch of inputs.
 
         Args:
             inputs: float images ``[N, C, H, W]`` with values in ``[0, 1]``, ``N >= 1``; uint8 images (scaled by
                 ``1/255``, as the HTTP API's ``uint8`` wire dtype is) and a single image ``[C, H, W]`` (a batch of
-                one) are accepted too.
+                one) are accepted too. For a text encoder: a list of ``N`` non-empty strings (one string is a
+                batch of one).
             key: caller identity for the defences (the server passes the API key id); defaults to
                 ``self.key``.
 
@@ -114,8 +152,8 @@ class LocalAPI:
             APIError: if ``inputs`` break the input contract (status 422), or the encoder or a defence returns
                 something other than ``[N, D]`` finite values (status 500), e.g. a dict of outputs.
         """
-        batch = validate_inputs(as_image_batch(inputs, self._input_shape), self._input_shape)
-        n = batch.shape[0]
+        batch = self.check_inputs(inputs)
+        n = len(batch) if isinstance(batch, list) else int(batch.shape[0])
         if self.source is not None:
             return self._embed_from_source(batch, key)
         assert self.encoder is not None
@@ -124,7 +162,8 @@ class LocalAPI:
             self.encoder.eval()
             with torch.no_grad():
                 chunks = [
-                    _representation(self.encoder(batch[i : i + self.batch_size].to(device))).float().cpu()
+                    _representation(self.encoder(_to(take(batch, slice(i, i + self.batch_size)), device)))
+                    .float().cpu()
                     for i in range(0, n, self.batch_size)
                 ]
                 embeddings = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
@@ -133,13 +172,17 @@ class LocalAPI:
             self._queries_used += n
         return embeddings.contiguous()
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text as the encoder counts them (about 4 characters per token if it cannot count)."""
+        return count_tokens(self.source if self.source is not None else self.encoder, texts)
+
     def readiness(self) -> str | None:
         """``None`` when answers can be given, else why not (an answer source that has not answered yet)."""
         return None if self.source is None else self.source.readiness()
 
-    def _embed_from_source(self, batch: torch.Tensor, key: str | None) -> torch.Tensor:
+    def _embed_from_source(self, batch: Batch, key: str | None) -> torch.Tensor:
         assert self.source is not None
-        n = int(batch.shape[0])
+        n = len(batch) if isinstance(batch, list) else int(batch.shape[0])
         embeddings = self.source.embed(batch).float().cpu()
         self._check_output(embeddings, n, "the answer source")
         with self._lock:
@@ -147,12 +190,12 @@ class LocalAPI:
             self._queries_used += n
         return embeddings.contiguous()
 
-    def _defend(self, embeddings: torch.Tensor, batch: torch.Tensor, key: str | None) -> torch.Tensor:
+    def _defend(self, embeddings: torch.Tensor, batch: Batch, key: str | None) -> torch.Tensor:
         """The defence chain applied to checked answers (call with the lock held: defences keep per-key state)."""
         if not self.defences:
             return embeddings
         defended = apply_chain(self.defences, embeddings, inputs=batch, key=key or self.key).detach().float().cpu()
-        self._check_output(defended, int(batch.shape[0]), "the defence chain")
+        self._check_output(defended, int(embeddings.shape[0]), "the defence chain")
         return defended
 
     def _check_output(self, embeddings: torch.Tensor, n: int, who: str) -> None:
@@ -167,7 +210,7 @@ class LocalAPI:
         names = [getattr(d, "name", type(d).__name__) for d in self.defences]
         origin = self.encoder if self.source is None else self.source
         return (
-            f"LocalAPI(encoder={type(origin).__name__}, dim={self._dim}, "
+            f"LocalAPI(encoder={type(origin).__name__}, modality={self.modality!r}, dim={self._dim}, "
             f"input_shape={self._input_shape}, "
             f"defences={names}, queries_used={self._queries_used})"
         )
@@ -189,6 +232,11 @@ def _representation(output: object) -> torch.Tensor:
         "one tensor [N, D]; wrap the model in a module that returns the representation you mean",
         status=500,
     )
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    """A batch on ``device`` (texts stay a list: a text encoder tokenizes on its own device)."""
+    return batch if isinstance(batch, list) else batch.to(device)
 
 
 def _device_of(module: nn.Module) -> torch.device:

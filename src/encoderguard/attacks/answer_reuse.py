@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from encoderguard.modality import batch_len, concat
+
 
 def mixup_batch(x: Tensor, y: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
     """Convex mixes of a batch with a random permutation of itself, inputs and targets alike.
@@ -82,8 +84,8 @@ def reuse_loss(forward: Callable[[Tensor], Tensor], loss: nn.Module, x: Tensor, 
         targets.append(mixed_y)
     if len(inputs) == 1:
         return loss(forward(inputs[0]), y)
-    z = forward(torch.cat(inputs))  # one pass: batch-norm statistics over every chunk
-    chunks = z.split(x.shape[0])
+    z = forward(concat(inputs))  # type: ignore[arg-type]  # one pass: batch-norm statistics over every chunk
+    chunks = z.split(batch_len(x))
     return torch.stack([loss(zc, yc) for zc, yc in zip(chunks, targets, strict=True)]).mean()
 
 

@@ -32,6 +32,7 @@ from encoderguard.attacks.queries import QueryPlan, data_digest
 from encoderguard.attacks.query_cache import QueryCache
 from encoderguard.attacks.stealing import fill_cache
 from encoderguard.data.image_set import ImageSet
+from encoderguard.data.text_set import TextSet
 from encoderguard.models.encoder import Encoder
 from encoderguard.models.probe import encode, probe_features
 from encoderguard.models.random_init import random_init_like
@@ -153,7 +154,8 @@ class VictimReference:
     queries_paid: int = 0
 
 
-def victim_reference(victim: nn.Module | EmbeddingAPI, probe_train: ImageSet, probe_test: ImageSet, *,
+def victim_reference(victim: nn.Module | EmbeddingAPI, probe_train: ImageSet | TextSet,
+                     probe_test: ImageSet | TextSet, *,
                      cache_dir: str | Path | None = None, victim_id: str = "", batch_size: int = 256,
                      progress: bool = True) -> VictimReference:
     """The victim's representations of both probe sets, from its encoder or (paid, cached) from its API.
@@ -174,10 +176,10 @@ def victim_reference(victim: nn.Module | EmbeddingAPI, probe_train: ImageSet, pr
         return VictimReference(encode(victim, probe_train), encode(victim, probe_test), "owner", 0)
     if cache_dir is None:
         raise ValueError("evaluating against an API needs a cache_dir for its answers")
-    both = ImageSet(torch.cat([probe_train.images, probe_test.images]),
-                    torch.cat([probe_train.labels, probe_test.labels]), f"{probe_train.name}+{probe_test.name}")
+    both = joined(probe_train, probe_test)
     plan = QueryPlan(len(both), order="sequential")
-    fingerprint = {"victim": victim_id, "dim": int(victim.dim), "input_shape": list(both.input_shape),
+    fingerprint = {"victim": victim_id, "dim": int(victim.dim),
+                   "input_shape": list(both.input_shape) if both.input_shape else both.modality,
                    "query_data": both.name, "query_data_sha256": data_digest(both), **plan.to_dict(),
                    "purpose": "evaluation"}
     fingerprint.pop("augmentation")
@@ -188,7 +190,19 @@ def victim_reference(victim: nn.Module | EmbeddingAPI, probe_train: ImageSet, pr
     return VictimReference(answers[: len(probe_train)], answers[len(probe_train):], "api", paid)
 
 
-def evaluate_copy(copy: Encoder, victim: VictimReference, probe_train: ImageSet, probe_test: ImageSet, *,
+def joined(first: ImageSet | TextSet, second: ImageSet | TextSet) -> ImageSet | TextSet:
+    """One set holding ``first`` then ``second`` (same modality)."""
+    name = f"{first.name}+{second.name}"
+    labels = torch.cat([first.labels, second.labels])
+    if isinstance(first, TextSet) and isinstance(second, TextSet):
+        return TextSet(first.texts + second.texts, labels, name)
+    if isinstance(first, ImageSet) and isinstance(second, ImageSet):
+        return ImageSet(torch.cat([first.images, second.images]), labels, name)
+    raise ValueError(f"cannot join {first.modality} set {first.name} with {second.modality} set {second.name}")
+
+
+def evaluate_copy(copy: Encoder, victim: VictimReference, probe_train: ImageSet | TextSet,
+                  probe_test: ImageSet | TextSet, *,
                   projector: nn.Module | None = None, random_seed: int = 0, progress: bool = False) -> CopyEvaluation:
     """Probe the copy, the victim and a random-init twin of the copy on the same sets; measure fidelity.
 

@@ -12,12 +12,13 @@ from torch import nn
 
 from encoderguard.attacks.answer_reuse import reuse_loss
 from encoderguard.data.augment import create_augmentation
+from encoderguard.modality import Batch, batch_len, take
 from encoderguard.models.encoder import Encoder
 from encoderguard.progress import progress_bar
 from encoderguard.train.distributed import ClosureStep, current
 
 
-def train_copy(copy: Encoder, images: torch.Tensor, targets: torch.Tensor, *, loss: nn.Module,
+def train_copy(copy: Encoder, images: Batch, targets: torch.Tensor, *, loss: nn.Module,
                projector: nn.Module | None = None, epochs: int = 60, batch_size: int = 128, lr: float = 2e-3,
                weight_decay: float = 1e-5, augmentation: str = "weak", seed: int = 0, progress: bool = True,
                device: str = "cpu", views: int = 1, mixup: float = 0.0) -> list[float]:
@@ -31,7 +32,8 @@ def train_copy(copy: Encoder, images: torch.Tensor, targets: torch.Tensor, *, lo
 
     Args:
         copy: the encoder to train (in place).
-        images: uint8 ``[N, C, H, W]`` inputs, ``N >= 2``.
+        images: uint8 ``[N, C, H, W]`` inputs, or ``N`` strings for a text copy (no augmentation, no mixup),
+            ``N >= 2``.
         targets: float ``[N, D]`` answers of the victim.
         loss: ``forward(stolen [B, D], victim [B, D]) -> scalar``.
         projector: optional head mapping the copy's ``[B, D']`` to the victim's ``[B, D]``.
@@ -50,7 +52,11 @@ def train_copy(copy: Encoder, images: torch.Tensor, targets: torch.Tensor, *, lo
     Returns:
         Mean loss of each epoch. ``copy`` and ``projector`` end on CPU in eval mode.
     """
-    n = int(images.shape[0])
+    n = batch_len(images)
+    text = isinstance(images, list)
+    if text and (augmentation != "none" or mixup > 0):
+        raise ValueError(f"a text copy trains without augmentation or mixup, got augmentation {augmentation!r}, "
+                         f"mixup {mixup}")
     if n < 2:
         raise ValueError(f"training a copy needs at least 2 answers, got {n}")
     if targets.shape[0] != n:
@@ -68,8 +74,10 @@ def train_copy(copy: Encoder, images: torch.Tensor, targets: torch.Tensor, *, lo
                                                      pct_start=0.05 if total_steps > 20 else 2 / total_steps,
                                                      anneal_strategy="cos", cycle_momentum=False)
                  if total_steps > 2 else None)
-    c, h, w = images.shape[1:]
-    augment = None if augmentation == "none" else create_augmentation(augmentation, int(c), (int(h), int(w)))
+    augment = None
+    if augmentation != "none" and not text:
+        c, h, w = images.shape[1:]  # type: ignore[union-attr]
+        augment = create_augmentation(augmentation, int(c), (int(h), int(w)))
     targets = targets.to(device=device, dtype=torch.float32)
     forward = copy if projector is None else nn.Sequential(copy, projector)
     place = current()
@@ -87,7 +95,7 @@ def train_copy(copy: Encoder, images: torch.Tensor, targets: torch.Tensor, *, lo
             batches = [b for b in torch.tensor_split(perm, steps_per_epoch) if len(b) >= 2 * place.world_size]
             for index in batches:
                 index = place.shard(index)
-                x = images[index].to(device).float().div_(255.0)
+                x = take(images, index) if text else images[index].to(device).float().div_(255.0)  # type: ignore[union-attr,index]
                 value = step(x, targets[index.to(device)])
                 optimiser.zero_grad(set_to_none=True)
                 value.backward()

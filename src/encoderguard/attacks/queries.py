@@ -22,6 +22,8 @@ import torch
 
 from encoderguard.data.augment import AUGMENTATIONS, create_augmentation
 from encoderguard.data.image_set import ImageSet
+from encoderguard.data.text_set import TextSet
+from encoderguard.modality import Batch, input_digest
 
 MODES = ("clean", "siamese")
 ORDERS = ("random", "sequential")
@@ -52,13 +54,15 @@ def query_order(n: int, *, strategy: str = "random", seed: int = 0) -> np.ndarra
     return np.random.default_rng(seed).permutation(n).astype(np.int64)
 
 
-def image_digest(image: torch.Tensor) -> bytes:
-    """SHA-256 of one float32 image ``[C, H, W]`` exactly as sent (32 bytes)."""
-    return hashlib.sha256(image.detach().to(torch.float32).contiguous().cpu().numpy().tobytes()).digest()
+def image_digest(image: torch.Tensor | str) -> bytes:
+    """SHA-256 of one input exactly as sent (32 bytes): a float32 image ``[C, H, W]`` or a string's UTF-8."""
+    return input_digest(image)
 
 
-def data_digest(images: ImageSet) -> str:
-    """SHA-256 (hex) of a query set's pixels and shape: identifies the data a cache was filled from."""
+def data_digest(images: ImageSet | TextSet) -> str:
+    """SHA-256 (hex) of a query set's pixels and shape (or its texts): identifies the data a cache was filled from."""
+    if isinstance(images, TextSet):
+        return images.digest()
     digest = hashlib.sha256(str(tuple(images.images.shape)).encode())
     digest.update(images.images.contiguous().numpy().tobytes())
     return digest.hexdigest()
@@ -119,8 +123,9 @@ class QueryPlan:
         positions = np.arange(start, stop, dtype=np.int64)
         return order[positions // self.views], positions % self.views
 
-    def inputs(self, images: ImageSet, start: int, stop: int) -> torch.Tensor:
-        """The float32 images ``[stop - start, C, H, W]`` in ``[0, 1]`` sent at positions ``start .. stop-1``.
+    def inputs(self, images: ImageSet | TextSet, start: int, stop: int) -> Batch:
+        """The float32 images ``[stop - start, C, H, W]`` in ``[0, 1]`` sent at positions ``start .. stop-1`` (for
+        a :class:`~encoderguard.data.TextSet`, the list of texts; only clean mode applies to text).
 
         In siamese mode each block of :data:`AUG_BLOCK` positions is augmented under its own seed (inside
         :func:`torch.random.fork_rng`, so the caller's random state is untouched): the result for a position does
@@ -129,9 +134,11 @@ class QueryPlan:
         if len(images) != self.n_sources:
             raise ValueError(f"the plan is for {self.n_sources} query images, got {len(images)}")
         src, _ = self.sources(start, stop)
-        clean = images.float(src)
+        clean = images.inputs(src)
         if self.mode == "clean" or stop == start:
             return clean
+        if not isinstance(images, ImageSet) or not isinstance(clean, torch.Tensor):
+            raise ValueError(f"siamese mode augments images; {images.name} holds {images.modality}: use mode 'clean'")
         c, h, w = images.input_shape
         augment = create_augmentation(self.augmentation, c, (h, w))
         out = torch.empty_like(clean)

@@ -40,8 +40,11 @@ from encoderguard.attacks.queries import QueryPlan, data_digest, image_digest
 from encoderguard.attacks.query_cache import CachedAnswers, QueryCache, QueryCacheError
 from encoderguard.attacks.selection import check_selection, kcenter_plan, pay_in_rounds, rounds_plan
 from encoderguard.data.augment import AUGMENTATIONS
+from encoderguard.data.data_set import images_only
 from encoderguard.data.image_set import ImageSet
+from encoderguard.data.text_set import TextSet
 from encoderguard.errors import APIError, DataError
+from encoderguard.modality import IMAGE, TEXT, modality_of
 from encoderguard.models.encoder import Encoder
 from encoderguard.models.heads import projection_head
 from encoderguard.models.registry import create_encoder
@@ -49,6 +52,8 @@ from encoderguard.progress import progress_bar
 from encoderguard.train.distributed import current
 
 DEFAULT_ARCH_KWARGS: dict[str, Any] = {"width": 32, "depth": 4, "pool": "avg"}
+#: The copy's architecture when none is given, per modality of the query data.
+DEFAULT_ARCH = {IMAGE: "convnet", TEXT: "text-ngram"}
 COPY_AUGMENTATIONS = ("none", *AUGMENTATIONS)
 # Added to the attack's seed for the copy's initial weights (see StealingAttack.build_copy).
 COPY_INIT_OFFSET = 7_919_000
@@ -71,6 +76,7 @@ class StealResult:
         seconds: wall time of :meth:`StealingAttack.extract`.
         cache_dir: the query cache directory.
         settings: the attack's settings (recorded in the copy's card).
+        paid_sources: int64 ``[queries_paid]``: the query-data index of each paid position.
     """
 
     encoder: Encoder
@@ -84,6 +90,7 @@ class StealResult:
     seconds: float = 0.0
     cache_dir: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    paid_sources: torch.Tensor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-serialisable part (everything but the modules)."""
@@ -117,11 +124,12 @@ class StealingAttack:
         batch_size: training batch size.
         lr: peak Adam learning rate (cosine decay to 0 over the run).
         weight_decay: Adam weight decay.
-        augmentation: the copy's views during training: ``"weak"`` (default: crop 0.8-1 + flip), ``"simclr"`` or
-            ``"none"``; in siamese mode also the augmentation of the victim's views (``"none"`` there means
-            ``"simclr"``).
-        arch: architecture of the copy (default ``convnet``).
-        arch_kwargs: its settings (default width 32, depth 4, average pooling).
+        augmentation: the copy's views during training: ``"weak"`` (default for images: crop 0.8-1 + flip),
+            ``"simclr"`` or ``"none"`` (default for text, the only choice there); in siamese mode also the
+            augmentation of the victim's views (``"none"`` there means ``"simclr"``).
+        arch: architecture of the copy (default ``convnet`` for images, ``text-ngram`` for text).
+        arch_kwargs: its settings (default for ``convnet``: width 32, depth 4, average pooling; otherwise the
+            architecture's own defaults).
         embed_dim: representation size of the copy (default: the victim's).
         projection: learn a projection head from the copy's space to the victim's; ``None`` (default) uses one
             exactly when ``embed_dim`` differs from the victim's answer size.
@@ -163,8 +171,8 @@ class StealingAttack:
         batch_size: int = 128,
         lr: float = 2e-3,
         weight_decay: float = 1e-5,
-        augmentation: str = "weak",
-        arch: str = "convnet",
+        augmentation: str | None = None,
+        arch: str | None = None,
         arch_kwargs: dict[str, Any] | None = None,
         embed_dim: int | None = None,
         projection: bool | None = None,
@@ -194,6 +202,8 @@ class StealingAttack:
                     label == "lr" and number == 0):
                 raise ValueError(f"{label} must be a finite number {'> 0' if label == 'lr' else '>= 0'}, "
                                  f"got {number!r}")
+        self._augmentation_given = augmentation is not None
+        augmentation = augmentation or "weak"
         if augmentation not in COPY_AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {augmentation!r}; choose one of: {', '.join(COPY_AUGMENTATIONS)}")
         check_selection(selection, rounds=rounds, mixup=mixup)
@@ -214,7 +224,8 @@ class StealingAttack:
         self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.augmentation = augmentation
         self.arch = arch
-        self.arch_kwargs = dict(DEFAULT_ARCH_KWARGS if arch_kwargs is None else arch_kwargs)
+        self.arch_kwargs = dict(arch_kwargs) if arch_kwargs is not None else (
+            dict(DEFAULT_ARCH_KWARGS) if arch in (None, "convnet") else {})
         self.embed_dim = embed_dim
         self.projection = projection
         self.projection_hidden = projection_hidden
@@ -239,29 +250,35 @@ class StealingAttack:
                 "seed": self.seed, "selection": self.selection, "rounds": self.rounds, "mixup": self.mixup,
                 "prototypes": self.prototypes}
 
-    def plan(self, query_data: ImageSet) -> QueryPlan:
+    def arch_for(self, query_data: ImageSet | TextSet) -> str:
+        """The copy's architecture for ``query_data``: the one given, else the default of its modality."""
+        return self.arch or DEFAULT_ARCH[query_data.modality]
+
+    def plan(self, query_data: ImageSet | TextSet) -> QueryPlan:
         """The query plan over ``query_data`` (for ``selection="rounds"``: before any round has chosen)."""
         if self.selection != "random":
-            return kcenter_plan(self, query_data) if self.selection == "kcenter" else rounds_plan(self, query_data)
+            images = images_only(query_data, purpose=f"selection {self.selection!r}")
+            return kcenter_plan(self, images) if self.selection == "kcenter" else rounds_plan(self, images)
         return QueryPlan(len(query_data), mode=self.mode, views=self.views if self.mode == "siamese" else 1,
                          order=self.order, seed=self.seed,
                          augmentation=self._victim_aug(self.augmentation))
 
-    def open_cache(self, query_data: ImageSet, *, dim: int | None = None) -> QueryCache:
+    def open_cache(self, query_data: ImageSet | TextSet, *, dim: int | None = None) -> QueryCache:
         """Open (or create) the query cache for ``query_data`` against this victim."""
         plan = self.plan(query_data)
         fingerprint = {"victim": self.victim_id, "dim": int(dim if dim is not None else self.api.dim),
-                       "input_shape": list(query_data.input_shape), "query_data": query_data.name,
+                       "input_shape": list(query_data.input_shape) if query_data.input_shape else query_data.modality,
+                       "query_data": query_data.name,
                        "query_data_sha256": data_digest(query_data),
                        **{k: v for k, v in plan.to_dict().items() if k != "augmentation" or self.mode == "siamese"}}
         return QueryCache(self.cache_dir, fingerprint=fingerprint)
 
-    def extract(self, query_data: ImageSet) -> StealResult:
+    def extract(self, query_data: ImageSet | TextSet) -> StealResult:
         """Pay for the budget's answers (resuming from the cache), then train and return the copy.
 
         Args:
-            query_data: the attacker's images (uint8 ``[N, C, H, W]``; labels unused). Need not come from the
-                victim's distribution, but must have the victim's image shape.
+            query_data: the attacker's images (uint8 ``[N, C, H, W]``; labels unused), or texts for a text victim.
+                Need not come from the victim's distribution, but must have the victim's modality (and image shape).
 
         Returns:
             The copy and the accounting of the run.
@@ -272,10 +289,20 @@ class StealingAttack:
             APIError: if the API fails; every answer received before the failure stays cached.
         """
         started = time.perf_counter()
-        victim_shape = tuple(int(v) for v in self.api.input_shape)
-        if query_data.input_shape != victim_shape:
-            raise DataError(f"query data {query_data.name} has images of shape {query_data.input_shape} but the "
-                            f"victim API takes {victim_shape}")
+        victim_modality = modality_of(self.api)
+        if query_data.modality != victim_modality:
+            raise DataError(f"query data {query_data.name} holds {query_data.modality} inputs but the victim API "
+                            f"takes {victim_modality}")
+        if victim_modality == IMAGE:
+            victim_shape = tuple(int(v) for v in self.api.input_shape or ())
+            if query_data.input_shape != victim_shape:
+                raise DataError(f"query data {query_data.name} has images of shape {query_data.input_shape} but "
+                                f"the victim API takes {victim_shape}")
+        elif self.mode != "clean" or self.selection != "random" or self.mixup > 0 or (
+                self._augmentation_given and self.augmentation != "none"):
+            raise ValueError("text copies are trained in clean mode with random selection, no mixup and augmentation "
+                             f"'none' (got mode {self.mode!r}, selection {self.selection!r}, mixup {self.mixup}, "
+                             f"augmentation {self.augmentation!r})")
         plan = self.plan(query_data)
         if self.budget > plan.capacity:
             raise DataError(f"budget {self.budget} exceeds the {plan.capacity} distinct queries {query_data.name} "
@@ -291,7 +318,7 @@ class StealingAttack:
                 raise QueryCacheError(f"query cache {cache.path}: rank {place.rank} found unpaid positions after "
                                       "rank 0 paid; only rank 0 pays")
             if self.selection == "rounds":  # choose, pay and train round by round
-                plan, new = pay_in_rounds(self, cache, query_data, dim)
+                plan, new = pay_in_rounds(self, cache, images_only(query_data, purpose="selection 'rounds'"), dim)
             else:
                 new = fill_cache(self.api, cache, plan, query_data, self.budget, batch_size=self.query_batch,
                                  progress=self.progress)
@@ -305,9 +332,10 @@ class StealingAttack:
         return StealResult(encoder=copy, projector=projector, queries_paid=self.budget, queries_new=new,
                            queries_cached=cached_before, epoch_losses=losses, query_seconds=query_seconds,
                            train_seconds=end - train_started, seconds=end - started, cache_dir=str(cache.path),
-                           settings=self.settings())
+                           settings=self.settings(), paid_sources=answers.sources.clone())
 
-    def build_copy(self, input_shape: tuple[int, int, int], victim_dim: int) -> tuple[Encoder, nn.Module | None]:
+    def build_copy(self, input_shape: tuple[int, int, int] | None, victim_dim: int, *,
+                   arch: str | None = None) -> tuple[Encoder, nn.Module | None]:
         """A freshly initialised copy (seeded) and, when needed, its projection head to the victim's space.
 
         The initialisation is seeded with ``COPY_INIT_OFFSET + seed``, so that a copy never starts from the initial
@@ -316,7 +344,8 @@ class StealingAttack:
         """
         torch.manual_seed(COPY_INIT_OFFSET + self.seed)
         dim = self.embed_dim or victim_dim
-        copy = create_encoder(self.arch, input_shape=input_shape, embed_dim=dim, **self.arch_kwargs)
+        arch = arch or self.arch or DEFAULT_ARCH[IMAGE if input_shape is not None else TEXT]
+        copy = create_encoder(arch, input_shape=input_shape, embed_dim=dim, **self.arch_kwargs)
         use_projection = (dim != victim_dim) if self.projection is None else self.projection
         projector = (projection_head(dim, hidden_dim=self.projection_hidden, out_dim=victim_dim)
                      if use_projection else None)
@@ -326,7 +355,7 @@ class StealingAttack:
         """Epochs over ``n`` answers: ``epochs``, raised to reach ``min_steps`` optimiser steps."""
         return max(self.epochs, math.ceil(self.min_steps / max(1, math.ceil(n / self.batch_size))))
 
-    def train(self, query_data: ImageSet, answers: CachedAnswers,
+    def train(self, query_data: ImageSet | TextSet, answers: CachedAnswers,
               victim_dim: int) -> tuple[Encoder, nn.Module | None, list[float]]:
         """Train a fresh copy on paid ``answers`` without querying: what :meth:`extract` does once it has paid.
 
@@ -334,22 +363,23 @@ class StealingAttack:
         """
         return self._train(query_data, answers, victim_dim)
 
-    def _train(self, query_data: ImageSet, answers: CachedAnswers,
+    def _train(self, query_data: ImageSet | TextSet, answers: CachedAnswers,
                victim_dim: int) -> tuple[Encoder, nn.Module | None, list[float]]:
-        copy, projector = self.build_copy(query_data.input_shape, victim_dim)
+        copy, projector = self.build_copy(query_data.input_shape, victim_dim, arch=self.arch_for(query_data))
         sources, targets = answers.sources, answers.answers
         if self.prototypes:
             sources, targets = sample_prototypes(sources, targets)
-        images = query_data.images[sources]
+        images = query_data.images[sources] if isinstance(query_data, ImageSet) else query_data.inputs(sources)
         losses = train_copy(copy, images, targets, loss=self.loss_fn, projector=projector,
                             epochs=self.epochs_for(len(sources)), batch_size=self.batch_size, lr=self.lr,
-                            weight_decay=self.weight_decay, augmentation=self.augmentation, seed=self.seed,
+                            weight_decay=self.weight_decay, seed=self.seed,
+                            augmentation=self.augmentation if isinstance(query_data, ImageSet) else "none",
                             progress=self.progress, device=self.device,
                             views=self.views if self.mode == "clean" else 1, mixup=self.mixup)
         return copy, projector, losses
 
 
-def fill_cache(api: EmbeddingAPI, cache: QueryCache, plan: QueryPlan, query_data: ImageSet, stop: int, *,
+def fill_cache(api: EmbeddingAPI, cache: QueryCache, plan: QueryPlan, query_data: ImageSet | TextSet, stop: int, *,
                batch_size: int = 256, progress: bool = True, description: str = "queries") -> int:
     """Pay for every position below ``stop`` that ``cache`` lacks, one batch at a time, persisting each answer.
 
@@ -398,7 +428,8 @@ def fill_cache(api: EmbeddingAPI, cache: QueryCache, plan: QueryPlan, query_data
     return paid
 
 
-def check_answers(answers: CachedAnswers, plan: QueryPlan, query_data: ImageSet, where: str | Path) -> None:
+def check_answers(answers: CachedAnswers, plan: QueryPlan, query_data: ImageSet | TextSet,
+                  where: str | Path) -> None:
     """Check that cached answers belong to the plan's inputs: sources, views and input digests.
 
     Raises:

@@ -38,12 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import secrets
 
-    from encoderguard.data import owner_split
+    from encoderguard.data import images_only, owner_split
     from encoderguard.models import load_checkpoint
     from encoderguard.scenarios.spread_calibration import calibrate_spread
 
     ckpt = load_checkpoint(args.encoder)
-    heldout = owner_split(ckpt.card, "owner-heldout", data_dir=args.data_dir)
+    heldout = images_only(owner_split(ckpt.card, "owner-heldout", data_dir=args.data_dir),
+                          purpose="calibrating the spread defence")
     secret = args.secret if args.secret is not None else secrets.randbelow(2**31)
     return calibrate_spread(ckpt.encoder, heldout, args.cells_out, k=args.k, users=args.honest_users,
                             classes=args.honest_classes, queries=args.honest_queries, sweep=args.sweep,

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     card = import_state_dict(args.state_dict, args.out, arch=args.arch, input_shape=args.input_shape,
                              embed_dim=args.embed_dim, arch_kwargs=parse_arch_args(args.arch_arg))
     return {"out": str(args.out), "arch": card.arch, "arch_kwargs": card.arch_kwargs,
-            "input_shape": list(card.input_shape), "embed_dim": card.embed_dim,
+            "input_shape": list(card.input_shape or ()), "embed_dim": card.embed_dim,
             "weights_sha256": card.weights_sha256, "source_sha256": card.training.get("source_sha256")}
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from encoderguard.attacks.steal_run import DEFAULT_PRICE_PER_1K
+from encoderguard.attacks.steal_run import DEFAULT_PRICE_PER_1K, DEFAULT_PRICE_PER_MILLION_TOKENS, STUDENTS
 from encoderguard.cli.common import add_data_dir, add_progress, device, input_shape, non_negative_int, positive_int
 from encoderguard.cli.distributed_launch import add_nproc, run_distributed
 from encoderguard.cli.main import add_common
@@ -21,20 +21,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--api", default=None, help="URL of the victim's embedding API")
     who.add_argument("--victim", default=None,
-                     help="victim checkpoint directory, or onnx:PATH for an ONNX model, attacked in-process")
+                     help="victim checkpoint directory, onnx:PATH for an ONNX model or st:NAME_OR_PATH for a "
+                          "sentence-transformers text encoder, attacked in-process")
     p.add_argument("--input-shape", type=input_shape, default=None, metavar="C,H,W",
                    help="image shape of an ONNX victim with dynamic dimensions, or of an --api that does not say "
                         "it (--api-format openai), e.g. 3,32,32")
     p.add_argument("--key", default=None, help="API key for --api")
     p.add_argument("--api-format", default="encoderguard", choices=("encoderguard", "openai", "kserve"),
-                   help="wire format of --api (default encoderguard; openai needs --input-shape)")
+                   help="wire format of --api (default encoderguard; openai: OpenAI's /v1/embeddings, the format "
+                        "of text APIs; for images it needs --input-shape)")
     p.add_argument("--budget", type=int, required=True, help="queries to pay for (>= 1)")
     p.add_argument("--loss", default=None, help="stealing loss: mse (default), cosine, infonce, softnn, "
                    "wasserstein, barlow, rda (RDA's multi-relational loss on per-input prototypes)")
     p.add_argument("--loss-arg", action="append", default=[], metavar="NAME=VALUE",
                    help="a loss setting, e.g. temperature=0.1 (repeatable)")
     p.add_argument("--query-data", default=None,
-                   help="the attacker's images, dataset[:split] (split default: query); default: the victim's "
+                   help="the attacker's inputs, dataset[:split] (split default: query): images (fashion-mnist, "
+                        "idx:DIR, folder:DIR, ...) or text (bbc-news, text:DIR, jsonl:FILE); default: the victim's "
                         "dataset, query split (needs --victim or --victim-for-eval)")
     p.add_argument("--mode", choices=("clean", "siamese"), default="clean",
                    help="clean (default): each input queried once, augmented views reuse its answer; siamese: the "
@@ -60,13 +63,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--order", choices=("random", "sequential"), default="random",
                    help="order in which query inputs are spent (default random)")
     p.add_argument("--query-batch", type=positive_int, default=256, help="images per API request")
-    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs of the copy (default 60)")
-    p.add_argument("--batch-size", type=positive_int, default=128,
-                   help="images per training batch of the copy (default 128)")
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate of the copy (default 0.002)")
-    p.add_argument("--augmentation", choices=("weak", "simclr", "none"), default="weak",
-                   help="the copy's training views (default weak: crop 0.8-1 + flip)")
-    p.add_argument("--arch", default="convnet", help="copy architecture (default convnet)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="training epochs of the copy (default 60; text: 1, with at least 2000 optimiser steps)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="inputs per training batch of the copy (default 128; text: 256)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate of the copy (default 0.002; text: 0.01)")
+    p.add_argument("--augmentation", choices=("weak", "simclr", "none"), default=None,
+                   help="the copy's training views of images (default weak: crop 0.8-1 + flip; text has none)")
+    p.add_argument("--arch", default=None, help="copy architecture (default convnet for images)")
+    p.add_argument("--student", choices=tuple(STUDENTS), default=None,
+                   help="text copies: ngram (default; bag of hashed word and character n-grams) or transformer (a "
+                        "small transformer, weaker on CPU budgets)")
     p.add_argument("--width", type=positive_int, default=None, help="convnet width (default 32)")
     p.add_argument("--depth", type=positive_int, default=None, help="convnet depth (default 4)")
     p.add_argument("--pool", choices=("avg", "flatten"), default=None, help="convnet pooling (default avg)")
@@ -92,7 +100,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="dataset of the probe (default: the victim card's dataset, else the query data's)")
     p.add_argument("--ledger", default=None, help="the server's ledger file: report its count for this key")
     p.add_argument("--price-per-1k", type=float, default=DEFAULT_PRICE_PER_1K,
-                   help=f"assumed price in dollars per 1000 queries (default {DEFAULT_PRICE_PER_1K})")
+                   help=f"images: assumed price in dollars per 1000 queries (default {DEFAULT_PRICE_PER_1K})")
+    p.add_argument("--price-per-million-tokens", type=float, default=DEFAULT_PRICE_PER_MILLION_TOKENS,
+                   help="text: assumed price in dollars per million tokens (default "
+                        f"{DEFAULT_PRICE_PER_MILLION_TOKENS})")
     p.add_argument("--device", type=device, default="cpu",
                    help="torch device of the copy's training: cpu, cuda, cuda:N or mps (default cpu)")
     add_nproc(p, "the copy (after rank 0 has paid for the answers)")
@@ -120,10 +131,10 @@ def _steal(args: argparse.Namespace) -> dict[str, Any]:
               else resolve_victim(checkpoint=args.victim, url=args.api, key=args.key,
                                   eval_checkpoint=args.victim_for_eval, api_format=args.api_format,
                                   input_shape=args.input_shape))
-    arch_kwargs: dict[str, Any] = {"width": 32, "depth": 4, "pool": "avg"} if args.arch == "convnet" else {}
-    for flag in ("width", "depth", "pool"):
-        if getattr(args, flag) is not None:
-            arch_kwargs[flag] = getattr(args, flag)
+    given = {flag: getattr(args, flag) for flag in ("width", "depth", "pool") if getattr(args, flag) is not None}
+    arch_kwargs: dict[str, Any] = {}  # empty: the architecture's defaults (steal_to_dir fills convnet's)
+    if given:
+        arch_kwargs = {"width": 32, "depth": 4, "pool": "avg", **given} if args.arch in (None, "convnet") else given
     explicit = {name: getattr(args, name) for name in ("loss", "views", "selection", "rounds", "mixup", "min_steps")
                 if getattr(args, name) is not None}
     return steal_to_dir(
@@ -132,10 +143,11 @@ def _steal(args: argparse.Namespace) -> dict[str, Any]:
         selection=args.selection or "random", rounds=args.rounds or 4,
         mixup=args.mixup if args.mixup is not None else 0.0, thief=args.thief,
         attack_kwargs=explicit if args.thief else {k: v for k, v in explicit.items() if k == "min_steps"},
-        query_batch=args.query_batch, epochs=args.epochs or 60, batch_size=args.batch_size, lr=args.lr,
+        query_batch=args.query_batch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         augmentation=args.augmentation, arch=args.arch, arch_kwargs=arch_kwargs, embed_dim=args.embed_dim,
         seed=args.seed, split_seed=args.split_seed, cache_dir=args.cache, eval_queries=args.eval_queries,
         eval_size=args.eval_size, probe_data=args.probe_data, ledger=args.ledger, price_per_1k=args.price_per_1k,
+        price_per_million_tokens=args.price_per_million_tokens, student=args.student,
         device=args.device, data_dir=args.data_dir, progress=not args.no_progress)
 
 

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from encoderguard.attacks import victim_reference
     from encoderguard.attacks.steal_run import resolve_victim
+    from encoderguard.data.data_set import images_only
     from encoderguard.data.splits import SplitSpec, load_split, owner_spec, parse_data_spec
     from encoderguard.models import load_encoder
     from encoderguard.models.checkpoint_probe import probe_sets
@@ -72,8 +73,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = owner_spec(victim.card)
     api, victim_id = victim.api, victim.victim_id
     dataset, split = parse_data_spec(args.query_data or f"{spec.dataset}:query", default_split="query")
-    query = load_split(SplitSpec(dataset, split, spec.split_seed, spec.train_size), data_dir=args.data_dir)
-    probe_train, probe_test = probe_sets(spec.dataset, split_seed=spec.split_seed, data_dir=args.data_dir)
+    query = images_only(load_split(SplitSpec(dataset, split, spec.split_seed, spec.train_size), data_dir=args.data_dir),
+                        purpose="sweep")
+    probe_train, probe_test = (images_only(p, purpose="sweep") for p in
+                               probe_sets(spec.dataset, split_seed=spec.split_seed, data_dir=args.data_dir))
     budgets = budgets_from_fractions(args.fractions or DEFAULT_FRACTIONS, spec.train_size)
     attack_kwargs: dict[str, Any] = {"victim_id": victim_id, "min_steps": args.min_steps, "seed": args.seed}
     if args.epochs:

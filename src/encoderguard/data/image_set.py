@@ -22,6 +22,9 @@ class ImageSet:
     labels: torch.Tensor
     name: str = "images"
 
+    #: The modality of the inputs (see :mod:`encoderguard.modality`).
+    modality = "image"
+
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise ValueError(f"ImageSet images must be uint8 [N, C, H, W], got {self.images.dtype} "
@@ -42,6 +45,10 @@ class ImageSet:
         """Images (all, or ``index``) as float32 in ``[0, 1]``."""
         images = self.images if index is None else self.images[_as_index(index)]
         return images.float().div_(255.0)
+
+    def inputs(self, index: torch.Tensor | np.ndarray | slice | None = None) -> torch.Tensor:
+        """The batch an API is sent for these images: float32 ``[n, C, H, W]`` in ``[0, 1]`` (as :meth:`float`)."""
+        return self.float(index)
 
     def subset(self, index: torch.Tensor | np.ndarray | slice, *, name: str | None = None) -> ImageSet:
         """A new set holding the selected images (copied)."""

@@ -1,8 +1,11 @@
 """Dataset registry: named datasets that install offline, plus path-based loaders for users' own data.
 
-Names: ``fashion-mnist``, ``mnist``, ``digits``; ``idx:/path/to/dir`` (a folder holding
+Image names: ``fashion-mnist``, ``mnist``, ``digits``; ``idx:/path/to/dir`` (a folder holding
 ``train-images-idx3-ubyte[.gz]`` and ``train-labels-idx1-ubyte[.gz]``, optionally the ``t10k-*`` pair) and
 ``folder:/path/to/dir`` (one sub-folder per class of PNG/JPEG images, optionally under ``train/`` and ``test/``).
+Text names: ``bbc-news``; ``text:/path/to/dir`` (one sub-folder per class of ``.txt`` documents, optionally under
+``train/`` and ``test/``) and ``jsonl:/path/file.jsonl`` (one ``{"text": ..., "label": ...}`` object per line).
+:func:`dataset_modality` tells a name's modality without loading it.
 
 The data directory for the named idx datasets is ``--data-dir``, else ``$ENCODERGUARD_DATA_DIR``, else
 ``/usr/share/datasets`` (where Debian's ``dataset-fashion-mnist`` package puts Fashion-MNIST).
@@ -20,8 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from encoderguard.data.bbc_news import load_bbc_news
 from encoderguard.data.idx import read_idx
 from encoderguard.data.image_set import ImageSet
+from encoderguard.data.text_files import read_jsonl, read_text_folder
+from encoderguard.data.text_set import TextSet
 from encoderguard.errors import DataError
 from encoderguard.optional import require
 
@@ -32,11 +38,20 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 @dataclass(frozen=True)
 class RawDataset:
-    """A dataset's two parts as published: ``train`` and (where it exists) ``test``."""
+    """A dataset's two parts as published: ``train`` and (where it exists) ``test``.
+
+    Both parts hold images (:class:`ImageSet`) or both hold documents (:class:`TextSet`, whose ``groups`` are
+    document ids unique across the two parts).
+    """
 
     name: str
-    train: ImageSet
-    test: ImageSet | None
+    train: ImageSet | TextSet
+    test: ImageSet | TextSet | None
+
+    @property
+    def modality(self) -> str:
+        """``"image"`` or ``"text"``."""
+        return str(self.train.modality)
 
 
 def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
@@ -163,19 +178,75 @@ def _read_class_folders(root: Path, name: str) -> ImageSet:
     return ImageSet(torch.from_numpy(np.ascontiguousarray(stack)), torch.from_numpy(labels), name)
 
 
+def _bbc_news(override: str | None) -> RawDataset:
+    del override  # the articles live in the installed package
+    return RawDataset("bbc-news", load_bbc_news(), None)
+
+
+def load_text_folder(folder: str | os.PathLike[str], *, name: str | None = None) -> RawDataset:
+    """Load ``folder/<class>/<doc>.txt`` (or ``folder/{train,test}/<class>/<doc>.txt``): one document per file.
+
+    Raises:
+        DataError: a missing or empty folder, or a file that is empty, binary or not UTF-8 (naming it).
+    """
+    name = name or f"text:{folder}"
+    train, test = read_text_folder(folder, name=name)
+    return RawDataset(name, train, test)
+
+
+def load_jsonl(path: str | os.PathLike[str], *, name: str | None = None) -> RawDataset:
+    """Load a JSON Lines file of ``{"text": ..., "label": ...}`` objects (one document per line, no test part).
+
+    Raises:
+        DataError: a missing or empty file, or a bad line (naming the file and line).
+    """
+    name = name or f"jsonl:{path}"
+    return RawDataset(name, read_jsonl(path, name=name), None)
+
+
 DATASETS: dict[str, Callable[[str | None], RawDataset]] = {
     "fashion-mnist": _fashion_mnist,
     "mnist": _mnist,
     "digits": _digits,
+    "bbc-news": _bbc_news,
 }
-PATH_LOADERS: dict[str, Callable[..., RawDataset]] = {"idx": load_idx_folder, "folder": load_image_folder}
+PATH_LOADERS: dict[str, Callable[..., RawDataset]] = {"idx": load_idx_folder, "folder": load_image_folder,
+                                                      "text": load_text_folder, "jsonl": load_jsonl}
+#: The modality of each named dataset and of each path loader (``"image"`` or ``"text"``).
+MODALITY: dict[str, str] = {"fashion-mnist": "image", "mnist": "image", "digits": "image", "bbc-news": "text",
+                            "idx": "image", "folder": "image", "text": "text", "jsonl": "text"}
+
+
+def dataset_modality(name: str) -> str:
+    """The modality of a dataset name, without loading it.
+
+    Args:
+        name: a name of :data:`DATASETS` or ``KIND:PATH`` for a kind of :data:`PATH_LOADERS`; a trailing
+            ``:split`` (``bbc-news:query``) is allowed.
+
+    Returns:
+        ``"image"`` or ``"text"``.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+    """
+    kind, sep, _ = name.partition(":")
+    if sep and kind in PATH_LOADERS:
+        return MODALITY[kind]
+    if name in DATASETS:
+        return MODALITY[name]
+    if sep and kind in DATASETS:
+        return MODALITY[kind]
+    choices = ", ".join([*DATASETS, *(f"{k}:PATH" for k in PATH_LOADERS)])
+    raise ValueError(f"unknown dataset {name!r}; choose one of: {choices}")
 
 
 def load_dataset(name: str, *, data_dir: str | None = None) -> RawDataset:
-    """Load a dataset by registry name or ``idx:PATH`` / ``folder:PATH``.
+    """Load a dataset by registry name or ``idx:PATH`` / ``folder:PATH`` (images), ``text:PATH`` / ``jsonl:PATH``
+    (texts).
 
     Args:
-        name: a name of :data:`DATASETS`, or ``idx:PATH`` / ``folder:PATH``.
+        name: a name of :data:`DATASETS`, or ``KIND:PATH`` for a kind of :data:`PATH_LOADERS`.
         data_dir: the folder holding the named datasets (default ``$ENCODERGUARD_DATA_DIR``, else
             ``/usr/share/datasets``); when given (or set in the environment) it must exist.
 

@@ -11,6 +11,12 @@ From the ``test`` part (carved from ``train`` with a fixed seed when a dataset h
 ``probe-train`` and ``probe-test`` halves for downstream linear probes. ``train``/``test``/``all`` are the raw parts.
 The split is a pure function of (dataset, split_seed, train_size, heldout_size), so a model card that records these
 four values lets anyone rebuild it exactly: :func:`owner_spec` and :func:`owner_split` do that from a card.
+
+Text datasets (``bbc-news``, ``text:PATH``, ``jsonl:PATH``) are split the same way, one document standing for one
+image, and every split is a :class:`TextSet` of documents except ``query``: the *sentences* of the query documents
+(:func:`~encoderguard.data.sentences.sentence_pool`), short texts a thief sends, each with its document's label and
+``groups`` = its document's id. ``query-documents`` is the query half as whole documents. Document ids (``groups``)
+are unique across a dataset, so a sentence never shares a document with the owner's or the probe splits.
 """
 
 from __future__ import annotations
@@ -21,11 +27,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from encoderguard.data.data_set import DataSet
 from encoderguard.data.image_set import ImageSet
-from encoderguard.data.registry import RawDataset, load_dataset
+from encoderguard.data.registry import PATH_LOADERS, RawDataset, load_dataset
+from encoderguard.data.sentences import sentence_pool
+from encoderguard.data.text_set import TextSet
 from encoderguard.errors import DataError
 
-SPLITS = ("owner-train", "owner-heldout", "query", "probe-train", "probe-test", "train", "test", "all")
+SPLITS = ("owner-train", "owner-heldout", "query", "probe-train", "probe-test", "train", "test", "all",
+          "query-documents")
+#: Splits that exist only for text datasets.
+TEXT_ONLY_SPLITS = ("query-documents",)
 _CARVE_SEED = 12345  # fixed: the carved test part must not move with the owner's split seed
 _CARVE_FRACTION = 0.25
 
@@ -65,18 +77,19 @@ class SplitSpec:
 
 
 def parse_data_spec(spec: str, *, default_split: str) -> tuple[str, str]:
-    """Split ``dataset[:split]`` into its parts; ``idx:PATH[:split]`` and ``folder:PATH[:split]`` keep their path."""
+    """Split ``dataset[:split]`` into its parts; ``KIND:PATH[:split]`` (``idx``, ``folder``, ``text``, ``jsonl``)
+    keeps its path."""
     if not spec:
         raise ValueError("empty data spec; expected dataset[:split], e.g. fashion-mnist:owner-train")
     head, sep, tail = spec.rpartition(":")
     if sep and tail in SPLITS and head:
         return head, tail
-    if sep and head and head not in ("idx", "folder") and ":" not in head:
+    if sep and head and head not in PATH_LOADERS and ":" not in head:
         raise ValueError(f"unknown split {tail!r} in {spec!r}; choose one of: {', '.join(SPLITS)}")
     return spec, default_split
 
 
-def _parts(raw: RawDataset) -> tuple[ImageSet, ImageSet]:
+def _parts(raw: RawDataset) -> tuple[ImageSet | TextSet, ImageSet | TextSet]:
     if raw.test is not None:
         return raw.train, raw.test
     n = len(raw.train)
@@ -92,33 +105,64 @@ def split_indices(n_pool: int, spec: SplitSpec) -> dict[str, np.ndarray]:
     owner, query = perm[: n_pool // 2], perm[n_pool // 2:]
     if spec.train_size >= len(owner):
         raise DataError(f"train_size {spec.train_size} leaves no held-out data: the owner half of "
-                        f"{spec.dataset!r} has {len(owner)} images (use at most {len(owner) - 1})")
+                        f"{spec.dataset!r} has {len(owner)} examples (use at most {len(owner) - 1})")
     available = len(owner) - spec.train_size
     heldout = available if spec.heldout_size is None else spec.heldout_size
     if heldout > available:
-        raise DataError(f"heldout_size {heldout} exceeds the {available} owner images left after train_size "
+        raise DataError(f"heldout_size {heldout} exceeds the {available} owner examples left after train_size "
                         f"{spec.train_size}")
     return {"owner-train": owner[: spec.train_size],
             "owner-heldout": owner[spec.train_size: spec.train_size + heldout],
             "query": query}
 
 
-def load_split(spec: SplitSpec, *, data_dir: str | None = None) -> ImageSet:
-    """Load one split of a dataset as an :class:`ImageSet` (named ``dataset:split``)."""
+def _concat(first: ImageSet | TextSet, second: ImageSet | TextSet, name: str) -> ImageSet | TextSet:
+    if isinstance(first, TextSet) and isinstance(second, TextSet):
+        groups = (None if first.groups is None or second.groups is None
+                  else torch.cat([first.groups, second.groups]))
+        return TextSet(first.texts + second.texts, torch.cat([first.labels, second.labels]), name, groups)
+    if isinstance(first, ImageSet) and isinstance(second, ImageSet):
+        return ImageSet(torch.cat([first.images, second.images]), torch.cat([first.labels, second.labels]), name)
+    raise DataError(f"{name}: the train and test parts hold different modalities")
+
+
+def load_split(spec: SplitSpec, *, data_dir: str | None = None) -> DataSet:
+    """Load one split of a dataset (named ``dataset:split``).
+
+    Args:
+        spec: the dataset, the split and the owner's split settings.
+        data_dir: the folder holding named datasets.
+
+    Returns:
+        An :class:`ImageSet` for an image dataset; a :class:`TextSet` for a text dataset: documents, except for
+        ``query``, which holds the sentences of the ``query-documents`` (``groups``: their document ids).
+
+    Raises:
+        DataError: the data is missing or malformed, the split settings do not fit the dataset, or
+            ``query-documents`` was asked of an image dataset.
+        ValueError: unknown dataset.
+    """
     raw = load_dataset(spec.dataset, data_dir=data_dir)
     train, test = _parts(raw)
     name = f"{spec.dataset}:{spec.split}"
+    if spec.split in TEXT_ONLY_SPLITS and not isinstance(train, TextSet):
+        raise DataError(f"split {spec.split!r} exists only for text datasets; {spec.dataset!r} holds images (use "
+                        "'query')")
     if spec.split == "train":
         return train.subset(slice(None), name=name)
     if spec.split == "test":
         return test.subset(slice(None), name=name)
     if spec.split == "all":
-        return ImageSet(torch.cat([train.images, test.images]), torch.cat([train.labels, test.labels]), name)
+        return _concat(train, test, name)
     if spec.split in ("probe-train", "probe-test"):
         perm = np.random.default_rng(spec.split_seed + 1).permutation(len(test))
         half = len(test) // 2
         return test.subset(perm[:half] if spec.split == "probe-train" else perm[half:], name=name)
-    return train.subset(split_indices(len(train), spec)[spec.split], name=name)
+    split = "query" if spec.split == "query-documents" else spec.split
+    chosen = train.subset(split_indices(len(train), spec)[split], name=name)
+    if spec.split == "query" and isinstance(chosen, TextSet):
+        return sentence_pool(chosen, name=name)
+    return chosen
 
 
 _OWNER_FIELDS = ("dataset", "split_seed", "train_size")
@@ -142,7 +186,7 @@ def owner_spec(card: Any) -> SplitSpec:
     return SplitSpec.from_dict(data)
 
 
-def owner_split(card: Any, split: str, *, data_dir: str | None = None) -> ImageSet:
+def owner_split(card: Any, split: str, *, data_dir: str | None = None) -> DataSet:
     """One split of the owner's data, rebuilt from the model card of the owner's encoder.
 
     Args:
@@ -151,7 +195,7 @@ def owner_split(card: Any, split: str, *, data_dir: str | None = None) -> ImageS
         data_dir: folder of the named datasets.
 
     Returns:
-        The images (named ``dataset:split``).
+        The images or texts (named ``dataset:split``), as :func:`load_split`.
 
     Raises:
         DataError: the card records no split, or ``split`` is ``owner-train``/``owner-heldout`` but the card says

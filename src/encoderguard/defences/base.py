@@ -7,7 +7,7 @@ Defences form an ordered chain (IBM ART's postprocessor pattern), applied per re
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
@@ -17,15 +17,19 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class Postprocessor(Protocol):
-    """One defence: ``(embeddings [N, D], inputs [N, C, H, W], key) -> embeddings [N, D]``."""
+    """One defence: ``(embeddings [N, D], inputs, key) -> embeddings [N, D]``.
+
+    ``inputs`` is the request's batch (images ``[N, C, H, W]`` or ``N`` strings, see :mod:`encoderguard.modality`);
+    a defence that reads it must handle both modalities (e.g. through :func:`encoderguard.modality.input_bytes`).
+    """
 
     name: str
 
-    def __call__(self, embeddings: torch.Tensor, *, inputs: torch.Tensor, key: str) -> torch.Tensor: ...
+    def __call__(self, embeddings: torch.Tensor, *, inputs: Any, key: str) -> torch.Tensor: ...
 
 
 def apply_chain(
-    chain: Sequence[Postprocessor], embeddings: torch.Tensor, *, inputs: torch.Tensor, key: str
+    chain: Sequence[Postprocessor], embeddings: torch.Tensor, *, inputs: Any, key: str
 ) -> torch.Tensor:
     """Apply ``chain`` in order; an empty chain returns ``embeddings`` unchanged."""
     for defence in chain:

@@ -8,7 +8,9 @@ from typing import Any
 
 from encoderguard.data.image_set import ImageSet
 from encoderguard.data.splits import SplitSpec, load_split
+from encoderguard.data.text_set import TextSet
 from encoderguard.errors import DataError
+from encoderguard.modality import modality_of
 from encoderguard.models.encoder import Encoder
 from encoderguard.models.model_spec import load_any
 from encoderguard.models.probe import probe_model
@@ -35,8 +37,9 @@ class CheckpointProbe:
         return asdict(self)
 
 
-def probe_sets(dataset: str, *, split_seed: int = 0, data_dir: str | None = None) -> tuple[ImageSet, ImageSet]:
-    """The ``probe-train`` and ``probe-test`` sets of a dataset."""
+def probe_sets(dataset: str, *, split_seed: int = 0,
+               data_dir: str | None = None) -> tuple[ImageSet | TextSet, ImageSet | TextSet]:
+    """The ``probe-train`` and ``probe-test`` sets of a dataset (images or texts, by its modality)."""
     spec = SplitSpec(dataset, "probe-train", split_seed, 1)
     return load_split(spec, data_dir=data_dir), load_split(spec.with_split("probe-test"), data_dir=data_dir)
 
@@ -59,7 +62,9 @@ def probe_checkpoint(path: str | Path, *, dataset: str | None = None, split_seed
                         else f"{path}: the model has no card naming its dataset; pass --data")
     seed = split_seed if split_seed is not None else int(card_data.get("split_seed", 0))
     train, test = probe_sets(dataset, split_seed=seed, data_dir=data_dir)
-    if train.input_shape != tuple(encoder.input_shape):
+    if train.modality != modality_of(encoder):
+        raise DataError(f"{dataset} holds {train.modality} but the encoder takes {modality_of(encoder)}")
+    if train.input_shape != (tuple(encoder.input_shape) if encoder.input_shape is not None else None):
         raise DataError(f"{dataset} images are {train.input_shape} but the encoder takes {encoder.input_shape}")
     trained = probe_model(encoder, train, test)
     if not isinstance(encoder, Encoder):

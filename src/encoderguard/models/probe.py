@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from encoderguard.data.image_set import ImageSet
+from encoderguard.data.text_set import TextSet
 
 
 @dataclass(frozen=True)
@@ -33,18 +34,21 @@ class ProbeResult:
 
 
 @torch.no_grad()
-def encode(model: nn.Module, images: ImageSet | torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
-    """Representations ``[N, D]`` of ``images`` (an ImageSet, or a float tensor in ``[0, 1]``) in eval mode."""
+def encode(model: nn.Module, images: ImageSet | TextSet | torch.Tensor | list[str], *,
+           batch_size: int = 512) -> torch.Tensor:
+    """Representations ``[N, D]`` of ``images`` (an ImageSet, a float tensor in ``[0, 1]``, a TextSet or a list of
+    strings) in eval mode, without gradients."""
     was_training = model.training
     model.eval()
-    n = len(images) if isinstance(images, ImageSet) else images.shape[0]
+    n = len(images) if isinstance(images, (ImageSet, TextSet, list)) else images.shape[0]
     out = []
     for start in range(0, n, batch_size):
-        if isinstance(images, ImageSet):
-            x = images.float(slice(start, start + batch_size))
+        if isinstance(images, (ImageSet, TextSet)):
+            x = images.inputs(slice(start, start + batch_size))
         else:
             x = images[start: start + batch_size]
-        out.append(model(x).float().cpu())
+        with torch.no_grad():
+            out.append(model(x).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
@@ -80,7 +84,8 @@ def probe_features(train_x: np.ndarray | torch.Tensor, train_y: np.ndarray | tor
     return ProbeResult(linear_acc=linear_acc, knn_acc=knn_acc, n_train=len(tx), n_test=len(vx))
 
 
-def probe_model(model: nn.Module, probe_train: ImageSet, probe_test: ImageSet, **kwargs: Any) -> ProbeResult:
+def probe_model(model: nn.Module, probe_train: ImageSet | TextSet, probe_test: ImageSet | TextSet,
+                **kwargs: Any) -> ProbeResult:
     """:func:`probe_features` on a model's representations of the two probe sets."""
     return probe_features(encode(model, probe_train), probe_train.labels, encode(model, probe_test),
                           probe_test.labels, **kwargs)

@@ -222,7 +222,7 @@ def run_sweep(api: EmbeddingAPI, *, victim: VictimReference, probe_train: ImageS
     cell_kwargs = {**kwargs, "cache_dir": str(kwargs["cache_dir"]),
                    "progress": progress and isinstance(runner, InProcessRunner)}
     context = SweepContext(query_data=query_data, answers=answers, victim=victim, probe_train=probe_train,
-                           probe_test=probe_test, input_shape=tuple(int(v) for v in api.input_shape),  # type: ignore[arg-type]
+                           probe_test=probe_test, input_shape=tuple(int(v) for v in api.input_shape or ()),  # type: ignore[arg-type]
                            dim=int(api.dim), victim_train_size=victim_train_size, attack_kwargs=cell_kwargs)
     cells = [SweepCell(loss, budget, (loss_kwargs or {}).get(loss)) for loss in losses for budget in budgets]
     logger.info("%d sweep cells (%d losses x %d budgets), %s", len(cells), len(losses), len(budgets), runner.name)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from encoderguard.data.data_set import images_only
 from encoderguard.data.image_set import ImageSet
 from encoderguard.data.splits import SplitSpec, load_split
 from encoderguard.models.card import ModelCard
@@ -101,7 +102,7 @@ def train_to_dir(*, data: SplitSpec, arch: str, arch_kwargs: dict[str, Any], con
     device = place.device(device)
     progress = progress and place.is_main
     started = time.perf_counter()
-    images = load_split(data, data_dir=data_dir)
+    images = images_only(load_split(data, data_dir=data_dir), purpose="SimCLR training")
     if max_images is not None and max_images < len(images):
         sample = torch.randperm(len(images), generator=torch.Generator().manual_seed(data.split_seed))[:max_images]
         images = images.subset(sample, name=f"{images.name}[{max_images} random]")
@@ -132,7 +133,8 @@ def train_to_dir(*, data: SplitSpec, arch: str, arch_kwargs: dict[str, Any], con
         key = VerifyKey.load(key_path) if key_path.exists() else VerifyKey.generate()
         if not key_path.exists():
             key.save(key_path)
-        heldout = load_split(data.with_split("owner-heldout"), data_dir=data_dir)
+        heldout = images_only(load_split(data.with_split("owner-heldout"), data_dir=data_dir),
+                              purpose="the watermark check")
         correct, total, norm = watermark_check(encoder, result.watermark_head, heldout,
                                                seed=VerificationSeeds.from_key(key), limit=WATERMARK_EVAL_SIZE)
         # embed_norm lets a verifier holding only the card and head rescale a suspect's answers to the owner's scale.

@@ -229,4 +229,4 @@ def align_to_owner(suspect: Any, owner: Any, *, kind: str = "auto", queries: int
         return suspect, Alignment(kind="none", queries=0, fit_r2=math.nan)
     pool = owner_split(owner.card, "query", data_dir=data_dir)
     chosen = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:queries]
-    return align_api(suspect, LocalAPI(owner.encoder), pool.float(chosen), kind=kind, seed=seed)
+    return align_api(suspect, LocalAPI(owner.encoder), pool.inputs(chosen), kind=kind, seed=seed)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from encoderguard.data.data_set import images_only
 from encoderguard.data.image_set import ImageSet
 from encoderguard.data.splits import owner_split
 from encoderguard.models.random_init import null_encoders as make_null_encoders
@@ -233,8 +234,9 @@ def prepare_di(owner_checkpoint: Any, *, config: FrozenDIConfig | None = None, a
 
 def _owner_images(card: Any, *, data_dir: str | None) -> tuple[ImageSet, ImageSet]:
     """The owner's training images (the members) and held-out images (the non-members), from its card."""
-    return (owner_split(card, "owner-train", data_dir=data_dir),
-            owner_split(card, "owner-heldout", data_dir=data_dir))
+    purpose = "dataset inference"
+    return (images_only(owner_split(card, "owner-train", data_dir=data_dir), purpose=purpose),
+            images_only(owner_split(card, "owner-heldout", data_dir=data_dir), purpose=purpose))
 
 
 def _checkpoint(owner: Any) -> Any:
@@ -252,5 +254,5 @@ def _checkpoint(owner: Any) -> Any:
 def _copy_check(di: DatasetInference, owner: Any, *, data_dir: str | None, loss: str, budget: int, epochs: int,
                 progress: bool) -> Any:
     """Steal a copy of the owner's encoder from its ``query`` split and test it with ``di``."""
-    query = owner_split(owner.card, "query", data_dir=data_dir)
+    query = images_only(owner_split(owner.card, "query", data_dir=data_dir), purpose="dataset inference")
     return di.copy_check(owner.encoder, query, loss=loss, budget=budget, epochs=epochs, progress=progress)
