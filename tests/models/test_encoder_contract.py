@@ -100,7 +100,8 @@ def test_arch_kwargs_that_are_not_json_fail_at_save(tmp_path, monkeypatch):
 def test_an_unregistered_class_fails_at_save_listing_the_choices(tmp_path):
     enc = TinyNet(input_shape=(1, 8, 8))  # "tinynet" is not in ENCODERS here
     with pytest.raises(ValueError, match=r"TinyNet.arch = 'tinynet' is not registered.*built in: convnet, resnet18, "
-                                         r"mlp; installed plugins \(entry point group encoderguard.encoders\)"):
+                                         r"mlp, text-ngram, text-transformer; installed plugins "
+                                         r"\(entry point group encoderguard.encoders\)"):
         _save(tmp_path, enc)
 
 

@@ -130,4 +130,5 @@ def test_a_checkpoint_whose_plugin_is_gone_is_a_one_line_cli_error(plugin, tmp_p
     code = main(["probe", "--encoder", str(folder)])
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert "unknown architecture 'tinyplug'; built in: convnet, resnet18, mlp; installed plugins" in err
+    assert ("unknown architecture 'tinyplug'; built in: convnet, resnet18, mlp, text-ngram, text-transformer; "
+            "installed plugins") in err

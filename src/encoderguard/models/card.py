@@ -19,7 +19,7 @@ class ModelCard:
     Attributes:
         arch: registry name of the encoder architecture.
         arch_kwargs: settings that rebuild it.
-        input_shape: ``(C, H, W)`` of the images it takes (values in ``[0, 1]``).
+        input_shape: ``(C, H, W)`` of the images it takes (values in ``[0, 1]``); ``None`` for a text encoder.
         embed_dim: representation size.
         data: the owner's split (:class:`encoderguard.data.SplitSpec` as a dict), or ``None`` if unknown.
         training: training configuration.
@@ -32,7 +32,7 @@ class ModelCard:
 
     arch: str
     arch_kwargs: dict[str, Any]
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, int, int] | None
     embed_dim: int
     data: dict[str, Any] | None = None
     training: dict[str, Any] = field(default_factory=dict)
@@ -44,7 +44,7 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["input_shape"] = list(self.input_shape)
+        out["input_shape"] = None if self.input_shape is None else list(self.input_shape)
         return {"format": CARD_FORMAT, "format_version": CARD_VERSION, **out}
 
     @classmethod
@@ -55,11 +55,14 @@ class ModelCard:
             raise CheckpointError(f"{source}: card format version {raw.get('format_version')!r} is not supported "
                                   f"(this encoderguard reads version {CARD_VERSION})")
         try:
-            shape = tuple(int(v) for v in raw["input_shape"])
-            if len(shape) != 3:
-                raise ValueError("input_shape must have 3 entries")
+            input_shape: tuple[int, int, int] | None = None
+            if raw["input_shape"] is not None:  # null: a text encoder
+                shape = tuple(int(v) for v in raw["input_shape"])
+                if len(shape) != 3:
+                    raise ValueError("input_shape must have 3 entries")
+                input_shape = (shape[0], shape[1], shape[2])
             return cls(arch=str(raw["arch"]), arch_kwargs=dict(raw.get("arch_kwargs") or {}),
-                       input_shape=(shape[0], shape[1], shape[2]), embed_dim=int(raw["embed_dim"]),
+                       input_shape=input_shape, embed_dim=int(raw["embed_dim"]),
                        data=raw.get("data"), training=dict(raw.get("training") or {}),
                        metrics=dict(raw.get("metrics") or {}), heads=dict(raw.get("heads") or {}),
                        watermark=raw.get("watermark"), software=dict(raw.get("software") or {}),

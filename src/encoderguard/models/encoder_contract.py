@@ -15,12 +15,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from encoderguard.modality import TEXT
 from encoderguard.models.encoder import Encoder
 from encoderguard.models.registry import create_encoder, encoder_class
 
 # Recorded in the card beside arch_kwargs, and passed to the constructor separately.
 RESERVED_KWARGS = ("input_shape", "embed_dim")
 _CHECK_BATCH = 2
+# What a text encoder is checked on: plain ASCII, then accents, digits, punctuation and an emoji.
+SAMPLE_TEXTS = ("The quick brown fox jumps over the lazy dog.",
+                "Café naïve 12345 -- punctuation?! and an emoji \U0001F600")
 
 
 def check_encoder(encoder: nn.Module) -> None:
@@ -30,7 +34,8 @@ def check_encoder(encoder: nn.Module) -> None:
     an installed plugin); ``input_shape`` and ``embed_dim`` are valid; ``arch_kwargs`` is a JSON object without
     ``input_shape``/``embed_dim``, and the architecture rebuilt from it (after a JSON round trip, as a reload
     does) has the same state-dict keys and shapes; ``forward`` on a batch of 2 images returns one finite float
-    tensor ``[2, embed_dim]``. The global random state is left as it was, and so is the module's train/eval mode.
+    tensor ``[2, embed_dim]`` (a text encoder, ``modality = "text"``, has ``input_shape = None`` and is run on
+    :data:`SAMPLE_TEXTS` instead). The global random state is left as it was, and so is the module's train/eval mode.
 
     Args:
         encoder: the encoder about to be saved.
@@ -56,7 +61,11 @@ def check_encoder(encoder: nn.Module) -> None:
                          f"{registered.__module__}.{registered.__qualname__}: a reload would build another class; "
                          "give the class its own name and register it")
     input_shape, embed_dim = encoder.input_shape, encoder.embed_dim
-    if (not isinstance(input_shape, tuple) or len(input_shape) != 3
+    if encoder.modality == TEXT:
+        if input_shape is not None:
+            raise ValueError(f"{cls_name} is a text encoder (modality 'text'): input_shape must be None, got "
+                             f"{input_shape!r}")
+    elif (not isinstance(input_shape, tuple) or len(input_shape) != 3
             or not all(isinstance(v, int) and v >= 1 for v in input_shape)):
         raise ValueError(f"{cls_name}.input_shape must be a tuple (C, H, W) of positive ints, got {input_shape!r}")
     if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
@@ -108,7 +117,7 @@ def _check_rebuild(encoder: Encoder, arch: str, kwargs: dict[str, Any]) -> None:
                              f"encoder's is {list(shape)}{hint}")
 
 
-def _rebuild(arch: str, input_shape: tuple[int, int, int], embed_dim: int, kwargs: dict[str, Any]) -> nn.Module:
+def _rebuild(arch: str, input_shape: tuple[int, int, int] | None, embed_dim: int, kwargs: dict[str, Any]) -> nn.Module:
     # Built on the meta device (no memory, no initialisation) where the constructor allows it, and inside a forked
     # random state either way, so that saving never shifts the random stream of the run that saves.
     with torch.random.fork_rng(devices=[]):
@@ -123,27 +132,33 @@ def _rebuild(arch: str, input_shape: tuple[int, int, int], embed_dim: int, kwarg
 def _check_forward(encoder: Encoder) -> None:
     cls_name = type(encoder).__name__
     device = next((t.device for t in (*encoder.parameters(), *encoder.buffers())), torch.device("cpu"))
+    text = encoder.modality == TEXT
     was_training = encoder.training
     encoder.eval()
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            x = torch.rand(_CHECK_BATCH, *encoder.input_shape, device=device)
-        out = encoder(x)
+            x: torch.Tensor | list[str] = (list(SAMPLE_TEXTS[:_CHECK_BATCH]) if text else
+                                           torch.rand(_CHECK_BATCH, *encoder.input_shape, device=device))
+            out = encoder(x)
     finally:
         encoder.train(was_training)
     expected = [_CHECK_BATCH, encoder.embed_dim]
+    inputs = (f"{_CHECK_BATCH} sample texts" if text else
+              f"{_CHECK_BATCH} images of shape {list(encoder.input_shape)}")
     if not isinstance(out, torch.Tensor):
         keys = f" with keys {list(out)[:6]}" if isinstance(out, dict) else ""
+        what = "a list of N strings" if text else "[N, C, H, W] images"
         raise ValueError(f"{cls_name}.forward returned a {type(out).__name__}{keys}, not a tensor: forward must map "
-                         f"[N, C, H, W] images to one float tensor [N, embed_dim]; return the representation itself")
+                         f"{what} to one float tensor [N, embed_dim]; return the representation itself")
     if list(out.shape) != expected:
-        raise ValueError(f"{cls_name}.forward returned shape {list(out.shape)} for {_CHECK_BATCH} images of shape "
-                         f"{list(encoder.input_shape)}, expected {expected} (embed_dim = {encoder.embed_dim})")
+        raise ValueError(f"{cls_name}.forward returned shape {list(out.shape)} for {inputs}, expected {expected} "
+                         f"(embed_dim = {encoder.embed_dim})")
     if not out.is_floating_point():
         raise ValueError(f"{cls_name}.forward returned dtype {out.dtype}, expected a float tensor")
     if not bool(torch.isfinite(out).all()):
-        raise ValueError(f"{cls_name}.forward returned NaN or infinite values on random images in [0, 1]")
+        raise ValueError(f"{cls_name}.forward returned NaN or infinite values on "
+                         f"{'sample texts' if text else 'random images in [0, 1]'}")
 
 
 def _few(names: list[str]) -> str:

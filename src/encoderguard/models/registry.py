@@ -21,13 +21,18 @@ from encoderguard.models.convnet import ConvNet
 from encoderguard.models.encoder import Encoder
 from encoderguard.models.mlp import MLPEncoder
 from encoderguard.models.resnet import ResNet18
+from encoderguard.models.text_students import HashedNgramEncoder, HashedTransformerEncoder
 
-ENCODERS: dict[str, type[Encoder]] = {"convnet": ConvNet, "resnet18": ResNet18, "mlp": MLPEncoder}
+ENCODERS: dict[str, type[Encoder]] = {"convnet": ConvNet, "resnet18": ResNet18, "mlp": MLPEncoder,
+                                      "text-ngram": HashedNgramEncoder, "text-transformer": HashedTransformerEncoder}
 ENTRY_POINT_GROUP = "encoderguard.encoders"
 
 
-def create_encoder(name: str, *, input_shape: tuple[int, int, int], **kwargs: Any) -> Encoder:
+def create_encoder(name: str, *, input_shape: tuple[int, int, int] | None, **kwargs: Any) -> Encoder:
     """Build an encoder by registry name (built in or declared by an installed package).
+
+    ``input_shape`` is ``(C, H, W)`` for an image architecture and ``None`` for a text one (``text-ngram``,
+    ``text-transformer``).
 
     Raises:
         ValueError: unknown name (lists the built-in names and the installed plugins) or bad settings.
