@@ -23,6 +23,7 @@ EXTRAS: dict[str, str] = {
     "fastapi": "server",
     "uvicorn": "server",
     "multipart": "server",
+    "prometheus_client": "server",
     "onnx": "onnx",
     "onnxruntime": "onnx",
     "ray": "ray",

@@ -82,12 +82,12 @@ def test_ledger_command_reports_exact_usage(tmp_path, capsys) -> None:
         ledger.charge(key_id="bbbb2222", name="bob", n=1, digest=DIGEST, quota=None)
     result = run_json(capsys, ["ledger", "--ledger", str(path), "--check"])
     assert result["keys"] == {
-        "aaaa1111": {"name": "alice", "queries": 12, "requests": 2, "rejected": 1},
-        "bbbb2222": {"name": "bob", "queries": 1, "requests": 1, "rejected": 0},
+        "aaaa1111": {"name": "alice", "queries": 12, "requests": 2, "rejected": 1, "tokens": 0},
+        "bbbb2222": {"name": "bob", "queries": 1, "requests": 1, "rejected": 0, "tokens": 0},
     }
     assert result["total_queries"] == 13 and result["integrity_check"] == "ok"
     assert main(["ledger", "--ledger", str(path)]) == 0
-    assert "total images answered: 13" in capsys.readouterr().out
+    assert "total inputs answered: 13 (tokens: 0)" in capsys.readouterr().out
 
 
 def test_ledger_command_missing_file(tmp_path, capsys) -> None:

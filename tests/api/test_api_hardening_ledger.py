@@ -29,7 +29,8 @@ def _filled_ledger(path: Path, rows: int = 3000) -> None:
             conn.execute("INSERT INTO requests (request_id, key_id, created_at, n_images, input_sha256, status, "
                          "reason, n_requests) VALUES (?, 'aaaa1111', ?, 1, ?, 200, NULL, 1)",
                          (f"{i:032x}", float(i), DIGEST))
-        conn.execute("INSERT INTO key_usage VALUES ('aaaa1111', 'alice', ?, ?, 0)", (rows, rows))
+        conn.execute("INSERT INTO key_usage (key_id, name, queries, requests, rejected) "
+                     "VALUES ('aaaa1111', 'alice', ?, ?, 0)", (rows, rows))
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
@@ -128,7 +129,7 @@ def test_version_1_ledgers_are_migrated_by_the_server_and_read_as_they_are(tmp_p
     """)
     conn.commit()
     conn.close()
-    expected = {"aaaa1111": {"name": "alice", "queries": 3, "requests": 1, "rejected": 1}}
+    expected = {"aaaa1111": {"name": "alice", "queries": 3, "requests": 1, "rejected": 1, "tokens": 0}}
     with Ledger(path, read_only=True) as ledger:
         assert ledger.summary()["keys"] == expected
     with Ledger(path) as ledger:
@@ -181,4 +182,4 @@ def test_an_exhausted_key_cannot_grow_the_ledger_without_bound(make_served) -> N
         with Ledger(served.ledger_path, read_only=True) as ledger:
             assert len(ledger.requests()) <= 11
     summary = served.ledger_summary()["keys"][served.key_ids["alice"]]  # after shutdown: the aggregate is written
-    assert summary == {"name": "alice", "queries": 1, "requests": 1, "rejected": 100}
+    assert summary == {"name": "alice", "queries": 1, "requests": 1, "rejected": 100, "tokens": 0}

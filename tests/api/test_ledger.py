@@ -63,8 +63,8 @@ def test_exact_accounting(ledger: Ledger) -> None:
     assert ledger.used("k1") == 10 and ledger.used("k2") == 3 and ledger.used("nobody") == 0
     summary = ledger.summary()
     assert summary["keys"] == {
-        "k1": {"name": "alice", "queries": 10, "requests": 2, "rejected": 2},
-        "k2": {"name": "bob", "queries": 3, "requests": 1, "rejected": 0},
+        "k1": {"name": "alice", "queries": 10, "requests": 2, "rejected": 2, "tokens": 0},
+        "k2": {"name": "bob", "queries": 3, "requests": 1, "rejected": 0, "tokens": 0},
     }
     assert summary["total_queries"] == 13 and summary["total_requests"] == 3
     rows = ledger.requests(key_id="k1")
@@ -100,7 +100,7 @@ def test_concurrent_charges_never_overdraw(tmp_path) -> None:
         t.join(timeout=60)
     assert sum(accepted) == 99  # 33 charges of 3 fit under 100; the 34th would overdraw
     summary = ledgers[0].summary()["keys"]["k"]
-    assert summary == {"name": "alice", "queries": 99, "requests": 33, "rejected": 8 * 15 - 33}
+    assert summary == {"name": "alice", "queries": 99, "requests": 33, "rejected": 8 * 15 - 33, "tokens": 0}
     for led in ledgers:
         led.close()
 

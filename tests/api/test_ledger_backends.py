@@ -59,8 +59,8 @@ def test_exact_accounting(target: str) -> None:
         assert ledger.used("k1") == 10 and ledger.used("k2") == 3 and ledger.used("nobody") == 0
         summary = ledger.summary()
         assert summary["keys"] == {
-            "k1": {"name": "alice", "queries": 10, "requests": 2, "rejected": 4},
-            "k2": {"name": "bob", "queries": 3, "requests": 1, "rejected": 0},
+            "k1": {"name": "alice", "queries": 10, "requests": 2, "rejected": 4, "tokens": 0},
+            "k2": {"name": "bob", "queries": 3, "requests": 1, "rejected": 0, "tokens": 0},
         }
         assert summary["total_queries"] == 13 and summary["total_requests"] == 3
         rows = ledger.requests(key_id="k1")
@@ -103,7 +103,7 @@ def test_concurrent_charges_through_separate_connections_never_overdraw(target: 
         t.join(timeout=120)
     assert sum(accepted) == 99  # 33 charges of 3 fit under 100
     assert ledgers[0].summary()["keys"]["k"] == {"name": "alice", "queries": 99, "requests": 33,
-                                                 "rejected": 8 * 12 - 33}
+                                                 "rejected": 8 * 12 - 33, "tokens": 0}
     for led in ledgers:
         led.close()
 

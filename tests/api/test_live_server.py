@@ -109,7 +109,7 @@ def test_concurrent_requests_cannot_overdraw_a_quota(live) -> None:
         t.join(timeout=60)
     assert Counter(statuses) == {200: 40, 429: 40}
     usage = served.ledger_summary()["keys"][served.key_ids["alice"]]
-    assert usage == {"name": "alice", "queries": 40, "requests": 40, "rejected": 40}
+    assert usage == {"name": "alice", "queries": 40, "requests": 40, "rejected": 40, "tokens": 0}
 
 
 def test_http_client_end_to_end(live) -> None:

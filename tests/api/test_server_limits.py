@@ -85,7 +85,7 @@ def test_quota_is_exact_and_429_says_what_remains(make_served) -> None:
         assert post(client, served.keys["bob"], 7).status_code == 200  # other keys unaffected
     summary = served.ledger_summary()
     assert summary["keys"][served.key_ids["alice"]] == {"name": "alice", "queries": 10, "requests": 3,
-                                                         "rejected": 2}
+                                                         "rejected": 2, "tokens": 0}
     assert summary["total_queries"] == 17
 
 

@@ -77,7 +77,7 @@ def test_bad_json_requests_get_a_4xx_naming_the_problem(make_served, case, paylo
         ok = client.post("/v1/embeddings", json=good(), headers=bearer(served.keys["alice"]))
         assert ok.status_code == 200
     summary = served.ledger_summary()["keys"][served.key_ids["alice"]]
-    assert summary == {"name": "alice", "queries": 2, "requests": 1, "rejected": 1}
+    assert summary == {"name": "alice", "queries": 2, "requests": 1, "rejected": 1, "tokens": 0}
 
 
 def _multipart(files: list[tuple[str, bytes]], field: str = "files") -> list[tuple[str, tuple[str, bytes, str]]]:

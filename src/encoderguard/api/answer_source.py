@@ -15,9 +15,10 @@ import torch
 
 @runtime_checkable
 class AnswerSource(Protocol):
-    """Raw answers for a batch of images, before any defence.
+    """Raw answers for a batch of inputs, before any defence.
 
-    ``embed`` takes a validated float32 batch ``[N, C, H, W]`` in ``[0, 1]`` and returns float32 ``[N, D]`` (finite);
+    ``embed`` takes a validated float32 batch ``[N, C, H, W]`` in ``[0, 1]`` (or, for a source with
+    ``modality = "text"`` and ``input_shape = None``, a list of ``N`` strings) and returns float32 ``[N, D]`` (finite);
     a failure to answer raises :class:`~encoderguard.errors.APIError` whose ``status`` (502, 504 ...) and ``code``
     attribute the server passes on to the caller, uncharged. ``readiness`` is ``None`` once the source can answer,
     else the reason it cannot yet (``GET /health`` answers 503 with it).
@@ -27,8 +28,8 @@ class AnswerSource(Protocol):
     def dim(self) -> int: ...
 
     @property
-    def input_shape(self) -> tuple[int, int, int]: ...
+    def input_shape(self) -> tuple[int, int, int] | None: ...
 
-    def embed(self, inputs: torch.Tensor) -> torch.Tensor: ...
+    def embed(self, inputs: torch.Tensor | list[str]) -> torch.Tensor: ...
 
     def readiness(self) -> str | None: ...

@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 from encoderguard.api.input_validation import validate_inputs
+from encoderguard.api.proof_of_work import CHALLENGE_HEADER, POW_REQUIRED, PowSolver
 from encoderguard.api.wire_format import decode_embeddings, encode_array, is_uint8_exact
 from encoderguard.errors import APIError
+from encoderguard.modality import IMAGE, TEXT, validate_texts
 
 if TYPE_CHECKING:
     import httpx
@@ -48,6 +50,10 @@ class HTTPEmbeddingAPI:
     (within the server's retention, 24 h by default), while a batch this client deliberately sends a second time is a
     new query.
 
+    A server that asks for proof of work (``serve --pow-bits``; 428 ``pow_required``) is answered transparently: each
+    request carries a solved challenge (the next one comes with every answer, else from ``GET /v1/pow``); the time
+    spent solving accumulates in :attr:`pow_seconds` (see :mod:`encoderguard.api.proof_of_work`).
+
     Args:
         url: base URL, e.g. ``http://127.0.0.1:8000``.
         key: API key (``eg_<id>_<secret>``).
@@ -61,6 +67,13 @@ class HTTPEmbeddingAPI:
         api_format: the endpoint's wire format (default ``"encoderguard"``).
         input_shape: ``(C, H, W)`` of a foreign endpoint that does not describe its model (``openai``).
         model: the model name of formats that send one (``openai``).
+        modality: ``"text"`` for a text endpoint (``openai`` format only); default: what the server says
+            (``GET /v1/model`` or ``/v1/models``), else text once a list of strings is embedded, else images.
+
+    Texts go over ``api_format="openai"`` (``encoderguard serve`` of a text encoder speaks OpenAI's format, and so
+    do third-party embedding APIs): ``embed(["a", "b"])`` sends ``{"input": [...], "model": ..., "encoding_format":
+    "base64"}``; :attr:`dim` comes from the server's description or the first answer, :attr:`tokens_used` adds up
+    the answers' ``usage.prompt_tokens`` and :attr:`queries_used` counts texts.
 
     Raises:
         ValueError: for a bad setting or an unknown ``api_format`` (listing the formats).
@@ -82,7 +95,10 @@ class HTTPEmbeddingAPI:
         api_format: str = "encoderguard",
         input_shape: tuple[int, int, int] | None = None,
         model: str | None = None,
+        modality: str | None = None,
     ) -> None:
+        if api_format == "encoderguard" and modality == TEXT:
+            raise ValueError("texts go over OpenAI's format: use HTTPEmbeddingAPI(url, key, api_format='openai')")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {url!r}")
         if not isinstance(key, str) or not key:
@@ -103,8 +119,9 @@ class HTTPEmbeddingAPI:
             from encoderguard.api.upstream_api import UpstreamAPI
 
             self._foreign = UpstreamAPI(url, api_format=api_format, key=key, input_shape=input_shape, model=model,
-                                        batch_size=batch_size, timeout=timeout, max_retries=max_retries,
-                                        backoff=backoff, max_retry_after=max_retry_after, transport=transport)
+                                        modality=modality, batch_size=batch_size, timeout=timeout,
+                                        max_retries=max_retries, backoff=backoff, max_retry_after=max_retry_after,
+                                        transport=transport)
         from encoderguard.optional import require
 
         httpx = require("httpx", purpose="HTTPEmbeddingAPI")
@@ -128,6 +145,7 @@ class HTTPEmbeddingAPI:
         self._sleep: Callable[[float], None] = time.sleep
         self.idempotency_keys = bool(idempotency_keys)
         self._sent: OrderedDict[str, int] = OrderedDict()  # body digest -> times sent (bounded, oldest dropped)
+        self._pow = PowSolver()  # solves a server's proof-of-work challenges (api/proof_of_work.py)
 
     # -- EmbeddingAPI ----------------------------------------------------------------------------------------
     @property
@@ -138,23 +156,40 @@ class HTTPEmbeddingAPI:
         return int(self.model_info()["dim"])
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` the server accepts (asks the server once)."""
+    def modality(self) -> str:
+        """``"image"`` or ``"text"``: as told, or as the server describes itself (see the class docstring)."""
         if self._foreign is not None:
-            return self._foreign.input_shape
+            return self._foreign.modality
+        return str(self._description().get("modality", IMAGE))
+
+    @property
+    def tokens_used(self) -> int:
+        """Tokens the server billed for the texts answered so far (its answers' ``usage.prompt_tokens``)."""
+        return self._foreign.tokens_used if self._foreign is not None else 0
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` the server accepts (asks the server once); ``None`` for a text endpoint."""
+        if self._foreign is not None:
+            return self._foreign.input_shape  # type: ignore[return-value]
         c, h, w = (int(v) for v in self.model_info()["input_shape"])
         return c, h, w
 
     @property
+    def pow_seconds(self) -> float:
+        """Seconds this client has spent solving the server's proof-of-work challenges (0 when it asks none)."""
+        return self._pow.seconds
+
+    @property
     def queries_used(self) -> int:
-        """Images this client has been answered (paid for)."""
+        """Inputs (images or texts) this client has been answered (paid for)."""
         return self._foreign.queries_used if self._foreign is not None else self._queries_used
 
-    def embed(self, inputs: torch.Tensor | np.ndarray) -> torch.Tensor:
+    def embed(self, inputs: torch.Tensor | np.ndarray | list[str]) -> torch.Tensor:
         """Embed a batch over HTTP.
 
         Args:
-            inputs: float images ``[N, C, H, W]`` in ``[0, 1]``.
+            inputs: float images ``[N, C, H, W]`` in ``[0, 1]``, or a list of strings (``api_format="openai"``).
 
         Returns:
             float32 CPU ``[N, D]``.
@@ -164,6 +199,11 @@ class HTTPEmbeddingAPI:
                 quota is exhausted, or retries run out; ``status`` holds the last HTTP status if there was
                 one.
         """
+        if isinstance(inputs, (list, tuple, str)):
+            if self._foreign is None:
+                raise APIError(f"{self.url}: texts go over OpenAI's format: use HTTPEmbeddingAPI(url, key, "
+                               "api_format='openai')")
+            return self._foreign.embed(validate_texts(inputs))
         batch = validate_inputs(inputs, self.input_shape)
         if self._foreign is not None:
             return self._foreign.embed(batch)
@@ -175,9 +215,24 @@ class HTTPEmbeddingAPI:
     # -- extras ----------------------------------------------------------------------------------------------
     def model_info(self) -> dict[str, Any]:
         """The server's ``GET /v1/model`` answer (fetched once, then cached); for a foreign format, only
-        ``dim``, ``input_shape`` and ``api_format``."""
+        ``dim``, ``input_shape``, ``modality`` and ``api_format``.
+
+        Raises:
+            APIError: the server serves texts (in OpenAI's format, which this client speaks with
+                ``api_format="openai"``).
+        """
         if self._foreign is not None:
-            return {"dim": self.dim, "input_shape": list(self.input_shape), "api_format": self.api_format}
+            shape = self.input_shape
+            return {"dim": self.dim, "input_shape": None if shape is None else list(shape),
+                    "modality": self.modality, "api_format": self.api_format}
+        info = self._description()
+        if info.get("modality") == TEXT:
+            raise APIError(f"{self.url} serves text embeddings in OpenAI's format: use HTTPEmbeddingAPI(url, key, "
+                           "api_format='openai')")
+        return info
+
+    def _description(self) -> dict[str, Any]:
+        """``GET /v1/model``, fetched once."""
         if self._info is None:
             info = self._request("GET", "/v1/model")
             if not isinstance(info, dict) or "dim" not in info or "input_shape" not in info:
@@ -227,25 +282,48 @@ class HTTPEmbeddingAPI:
             if len(self._sent) > _MAX_TRACKED_BODIES:
                 self._sent.popitem(last=False)
             headers["Idempotency-Key"] = idempotency_key(body, occurrence)
-        payload = self._request("POST", "/v1/embeddings", content=body, headers=headers)
+        # A server that asks for proof of work gets a solution with each attempt (the next challenge comes with
+        # every 200, else from GET /v1/pow); a 428 hands out a challenge, solved and retried once.
+        def prepare() -> dict[str, str]:
+            return {**headers, **self._pow.headers(n, self._fetch_challenge)}
+
+        try:
+            payload = self._request("POST", "/v1/embeddings", content=body, prepare=prepare)
+        except APIError as exc:
+            if exc.status != 428 or not self._pow.active:
+                raise
+            payload = self._request("POST", "/v1/embeddings", content=body, prepare=prepare)
         embeddings = decode_embeddings(payload, n=n, dim=self.dim)
         self._queries_used += n
         self.queries_remaining = payload.get("queries_remaining")
         return embeddings
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One HTTP exchange with retries; returns the decoded JSON of a 200."""
+    def _fetch_challenge(self, images: int) -> str:
+        """A proof-of-work challenge for a batch of ``images`` images (``GET /v1/pow``)."""
+        answer = self._request("GET", "/v1/pow", params={"images": images})
+        if not isinstance(answer, dict) or not isinstance(answer.get("challenge"), str):
+            raise APIError(f"{self.url}/v1/pow did not answer a challenge")
+        return str(answer["challenge"])
+
+    def _request(
+        self, method: str, path: str, *, prepare: Callable[[], dict[str, str]] | None = None, **kwargs: Any
+    ) -> Any:
+        """One HTTP exchange with retries; returns the decoded JSON of a 200. ``prepare()`` gives each attempt's
+        headers."""
         last = "no attempt made"
         last_status: int | None = None
         for attempt in range(self.max_retries + 1):
             delay = self.backoff * (2**attempt) * (0.5 + random.random() / 2)
             try:
+                if prepare is not None:
+                    kwargs["headers"] = prepare()
                 response = self._client.request(method, path, **kwargs)
             except self._httpx.TransportError as exc:
                 last, last_status = f"cannot reach {self.url}: {type(exc).__name__}: {exc}", None
             else:
                 status = response.status_code
                 if status == 200:
+                    self._pow.offer(response.headers.get(CHALLENGE_HEADER))
                     try:
                         return response.json()
                     except ValueError:
@@ -253,6 +331,8 @@ class HTTPEmbeddingAPI:
                             f"{method} {path}: the server answered 200 with invalid JSON", status=status
                         ) from None
                 detail, code, retry_after = _error_fields(response)
+                if code == POW_REQUIRED:
+                    self._pow.offer(response.headers.get(CHALLENGE_HEADER))
                 last, last_status = f"{method} {path} failed with HTTP {status}: {detail}", status
                 rate_limited = (
                     status == 429

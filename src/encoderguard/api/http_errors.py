@@ -3,9 +3,10 @@ fields such as ``retry_after`` or ``request_id``), including the framework's own
 
 Codes: ``bad_request``, ``unauthorized``, ``not_found``, ``method_not_allowed``, ``request_timeout``, ``too_large``,
 ``unsupported_media_type``, ``invalid_input``, ``idempotency_conflict``, ``rate_limited``, ``quota_exceeded``,
-``too_many_auth_failures``, ``internal_error``, ``unavailable``; behind ``encoderguard proxy`` also the upstream's
-failures (502/504 ``upstream_unreachable``, ``upstream_timeout``, ``upstream_error``, ``upstream_rejected``,
-``upstream_bad_answer``, ``upstream_non_finite``; see :mod:`encoderguard.api.upstream_api`).
+``too_many_auth_failures``, ``pow_required``, ``pow_invalid``, ``internal_error``, ``unavailable``; behind
+``encoderguard proxy`` also the upstream's failures (502/504 ``upstream_unreachable``, ``upstream_timeout``,
+``upstream_error``, ``upstream_rejected``, ``upstream_bad_answer``, ``upstream_non_finite``; see
+:mod:`encoderguard.api.upstream_api`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ CODES = {
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid_input",
+    428: "pow_required",
     429: "rate_limited",
     500: "internal_error",
     502: "bad_gateway",
@@ -77,10 +79,10 @@ def clean_message(exc: BaseException) -> str:
     return (text or type(exc).__name__)[:200]
 
 
-def quota_message(n: int, remaining: int, quota: int | None) -> str:
+def quota_message(n: int, remaining: int, quota: int | None, *, unit: str = "images") -> str:
     if remaining == 0:
-        return f"quota exhausted: 0 of {quota} images remain for this key"
-    return f"request of {n} images exceeds the quota: {remaining} of {quota} images remain for this key"
+        return f"quota exhausted: 0 of {quota} {unit} remain for this key"
+    return f"request of {n} {unit} exceeds the quota: {remaining} of {quota} {unit} remain for this key"
 
 
 def install_error_handlers(app: FastAPI) -> None:

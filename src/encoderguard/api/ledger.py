@@ -183,7 +183,7 @@ class Ledger:
             if not str(row[0]).startswith("sqlite_")
         }
         app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
-        self._counts_column = True
+        self._counts_column = self._tokens_column = True
         if not tables and app_id == 0:
             if self.read_only:
                 raise EncoderGuardError(f"{self.path} is an empty SQLite file, not a ledger")
@@ -201,6 +201,7 @@ class Ledger:
                 f"ledger {self.path} has schema version {version}; this build knows up to {SCHEMA_VERSION}"
             )
         self._counts_column = version >= 2 or not self.read_only  # a writer migrates a version-1 file
+        self._tokens_column = version >= 3 or not self.read_only
 
     @staticmethod
     def _version(conn: sqlite3.Connection) -> int:
@@ -214,18 +215,25 @@ class Ledger:
             self._apply_schema(conn, version)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
-    @staticmethod
-    def _apply_schema(conn: Any, version: int) -> None:
+    def _apply_schema(self, conn: Any, version: int) -> None:
         """Migrate a ledger of schema ``version`` (0: none yet) to :data:`SCHEMA_VERSION`, inside a transaction."""
+        tables = self._table_names(conn) if version else set()
         for old in range(version, SCHEMA_VERSION) if version else ():
             for statement in _MIGRATIONS.get(old, ()):
-                conn.execute(statement)
+                # A table the old ledger lacks is created below with every column: only existing ones are altered.
+                words = statement.split()
+                if words[:2] != ["ALTER", "TABLE"] or words[2] in tables:
+                    conn.execute(statement)
         for statement in _SCHEMA:
             conn.execute(statement)
         if version == 0:
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         elif version < SCHEMA_VERSION:
             conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+    def _table_names(self, conn: Any) -> set[str]:
+        """The tables the database holds."""
+        return {str(row[0]) for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
     def quick_check(self, *, timeout: float | None = None) -> str:
         """SQLite's ``PRAGMA quick_check``, interrupted after ``timeout`` seconds.
@@ -283,8 +291,9 @@ class Ledger:
         quota: int | None,
         idempotency: Idempotency | None = None,
         answer: Callable[[str, int | None], bytes] | None = None,
+        tokens: int = 0,
     ) -> Charge:
-        """Atomically check the quota and record an answered request of ``n`` images.
+        """Atomically check the quota and record an answered request of ``n`` inputs (images or texts).
 
         Check and insert share one ``BEGIN IMMEDIATE`` transaction, so concurrent requests (threads or
         processes) can never overdraw a quota. A request that would overdraw is recorded as rejected (status
@@ -301,12 +310,16 @@ class Ledger:
             idempotency: store the answer under this idempotency key.
             answer: ``answer(request_id, remaining) -> bytes`` builds the answer once the row's id and the
                 remaining quota are known (needed with ``idempotency``; its result is in ``Charge.answer``).
+            tokens: the texts' tokens (the second billing unit of text APIs; 0 for images). Recorded with the row
+                and added to the key's total; quotas count inputs, not tokens.
 
         Returns:
             The :class:`Charge`.
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            raise ValueError(f"tokens must be a non-negative int, got {tokens!r}")
         if idempotency is not None and answer is None:
             raise ValueError("idempotency needs answer (the bytes to store)")
         request_id = uuid.uuid4().hex
@@ -325,13 +338,13 @@ class Ledger:
                     return Charge(False, str(stored[2]), used, remaining, stored=(str(stored[0]), bytes(stored[1])))
             if quota is not None and used + n > quota:
                 reason = f"quota: {n} requested, {max(quota - used, 0)} remain"
-                conn.execute(_INSERT_REQUEST, (request_id, key_id, time.time(), 0, digest, 429, reason, 1))
-                conn.execute(_UPSERT_USAGE, (key_id, name, 0, 0, 1))
+                conn.execute(_INSERT_REQUEST, (request_id, key_id, time.time(), 0, digest, 429, reason, 1, 0))
+                conn.execute(_UPSERT_USAGE, (key_id, name, 0, 0, 1, 0))
                 return Charge(False, request_id, used, max(quota - used, 0))
             remaining = None if quota is None else quota - used - n
             now = time.time()
-            conn.execute(_INSERT_REQUEST, (request_id, key_id, now, n, digest, ACCEPTED, None, 1))
-            conn.execute(_UPSERT_USAGE, (key_id, name, n, 1, 0))
+            conn.execute(_INSERT_REQUEST, (request_id, key_id, now, n, digest, ACCEPTED, None, 1, tokens))
+            conn.execute(_UPSERT_USAGE, (key_id, name, n, 1, 0, tokens))
             body = answer(request_id, remaining) if answer is not None else None
             if idempotency is not None and body is not None:
                 conn.execute(
@@ -392,13 +405,15 @@ class Ledger:
         request_id = uuid.uuid4().hex
         with self._transaction() as conn:
             conn.execute(
-                _INSERT_REQUEST, (request_id, key_id, time.time(), 0, digest, status, reason[:300], int(count))
+                _INSERT_REQUEST,
+                (request_id, key_id, time.time(), 0, digest, status, reason[:300], int(count), 0),
             )
-            conn.execute(_UPSERT_USAGE, (key_id, name, 0, 0, int(count)))
+            conn.execute(_UPSERT_USAGE, (key_id, name, 0, 0, int(count), 0))
         return request_id
 
     def used(self, key_id: str) -> int:
-        """Images charged to ``key_id`` so far (a cheap read; use :meth:`charge` for the atomic check)."""
+        """Inputs (images or texts) charged to ``key_id`` so far (a cheap read; use :meth:`charge` for the atomic
+        check)."""
         row = self._conn().execute("SELECT queries FROM key_usage WHERE key_id = ?", (key_id,)).fetchone()
         return int(row[0]) if row else 0
 
@@ -406,28 +421,33 @@ class Ledger:
         """Per-key usage recomputed from the request rows (the ground truth, not the running totals).
 
         Returns:
-            ``{"keys": {key_id: {"name", "queries", "requests", "rejected"}}, "total_queries": n,
-            "total_requests": n, "schema_version": v}``.
+            ``{"keys": {key_id: {"name", "queries", "requests", "rejected", "tokens"}}, "total_queries": n,
+            "total_requests": n, "total_tokens": n, "schema_version": v}`` (``queries`` counts inputs, images or
+            texts; ``tokens`` the texts' tokens).
         """
         conn = self._conn()
         names = dict(conn.execute("SELECT key_id, name FROM key_usage").fetchall())
         rejected = "n_requests" if self._counts_column else "1"
+        tokens = "tokens" if self._tokens_column else "0"  # a version-2 file read as it is has no tokens column
         rows = conn.execute(
             f"""SELECT key_id,
                       SUM(CASE WHEN status = 200 THEN n_images ELSE 0 END),
                       SUM(CASE WHEN status = 200 THEN 1 ELSE 0 END),
-                      SUM(CASE WHEN status <> 200 THEN {rejected} ELSE 0 END)
+                      SUM(CASE WHEN status <> 200 THEN {rejected} ELSE 0 END),
+                      SUM(CASE WHEN status = 200 THEN {tokens} ELSE 0 END)
                FROM requests GROUP BY key_id ORDER BY key_id"""
         ).fetchall()
         keys = {
-            key_id: {"name": names.get(key_id), "queries": int(q), "requests": int(r), "rejected": int(x)}
-            for key_id, q, r, x in rows
+            key_id: {"name": names.get(key_id), "queries": int(q), "requests": int(r), "rejected": int(x),
+                     "tokens": int(t)}
+            for key_id, q, r, x, t in rows
         }
         version = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
         return {
             "keys": keys,
             "total_queries": sum(k["queries"] for k in keys.values()),
             "total_requests": sum(k["requests"] for k in keys.values()),
+            "total_tokens": sum(k["tokens"] for k in keys.values()),
             "schema_version": int(version),
         }
 
@@ -491,3 +511,31 @@ class Ledger:
                DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at""",
             (key_id, name, value, time.time()),
         )
+
+    def reset_state(self, key_id: str) -> int:
+        """Delete every defence state stored for ``key_id`` (the defences start afresh for that key).
+
+        Returns:
+            How many states were deleted.
+        """
+        with self._transaction() as conn:
+            cursor = conn.execute("DELETE FROM key_state WHERE key_id = ?", (key_id,))
+            return max(int(getattr(cursor, "rowcount", 0) or 0), 0)
+
+    def state_sizes(self) -> list[dict[str, Any]]:
+        """What defence state the ledger holds, without the values: ``[{"key_id", "name", "bytes",
+        "updated_at"}]`` ordered by key and name (for the owner's dashboard)."""
+        rows = self._conn().execute(
+            "SELECT key_id, name, LENGTH(value), updated_at FROM key_state ORDER BY key_id, name"
+        ).fetchall()
+        return [{"key_id": str(k), "name": str(n), "bytes": int(b or 0), "updated_at": float(u)}
+                for k, n, b, u in rows]
+
+    def usage_since(self, since: float) -> list[tuple[str, float, int, int, int]]:
+        """The request rows created at or after Unix time ``since``, as ``(key_id, created_at, n_images, status,
+        n_requests)`` tuples, oldest first (for usage over time; a scan of the table, so keep ``since`` recent)."""
+        rows = self._conn().execute(
+            "SELECT key_id, created_at, n_images, status, n_requests FROM requests WHERE created_at >= ? "
+            "ORDER BY created_at", (float(since),)
+        ).fetchall()
+        return [(str(k), float(t), int(n), int(s), int(r)) for k, t, n, s, r in rows]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 ACCEPTED = 200
 APPLICATION_ID = 0x45474C47  # "EGLG": marks a file as an encoderguard ledger
@@ -14,7 +14,8 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
     # One row per authenticated request, answered or rejected. Rejected rows have n_images = 0, so that
     # SUM(n_images) is the usage whatever the status filter; n_requests > 1 is a row that stands for several
-    # rejected requests of one key in one minute (see RejectionLog).
+    # rejected requests of one key in one minute (see RejectionLog). tokens: the text inputs' tokens (0 for
+    # images and rejected rows), the unit text APIs bill besides the inputs.
     """CREATE TABLE IF NOT EXISTS requests (
         request_id VARCHAR(36) PRIMARY KEY,
         key_id VARCHAR(64) NOT NULL,
@@ -23,7 +24,8 @@ _SCHEMA = (
         input_sha256 CHAR(64) NOT NULL,
         status INTEGER NOT NULL,
         reason VARCHAR(300),
-        n_requests INTEGER NOT NULL DEFAULT 1
+        n_requests INTEGER NOT NULL DEFAULT 1,
+        tokens BIGINT NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX IF NOT EXISTS requests_by_key ON requests (key_id, status)",
     # Running totals, updated in the same transaction as the row: the quota check reads one row, not a SUM.
@@ -32,7 +34,8 @@ _SCHEMA = (
         name VARCHAR(100) NOT NULL,
         queries BIGINT NOT NULL,
         requests BIGINT NOT NULL,
-        rejected BIGINT NOT NULL
+        rejected BIGINT NOT NULL,
+        tokens BIGINT NOT NULL DEFAULT 0
     )""",
     """CREATE TABLE IF NOT EXISTS key_state (
         key_id VARCHAR(64) NOT NULL,
@@ -55,16 +58,20 @@ _SCHEMA = (
 )
 _MIGRATIONS = {  # from version -> statements that bring a ledger to the next version
     1: ("ALTER TABLE requests ADD COLUMN n_requests INTEGER NOT NULL DEFAULT 1",),
+    2: ("ALTER TABLE requests ADD COLUMN tokens BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE key_usage ADD COLUMN tokens BIGINT NOT NULL DEFAULT 0"),
 }
 
 _UPSERT_USAGE = """
-    INSERT INTO key_usage (key_id, name, queries, requests, rejected) VALUES (?, ?, ?, ?, ?)
+    INSERT INTO key_usage (key_id, name, queries, requests, rejected, tokens) VALUES (?, ?, ?, ?, ?, ?)
     ON CONFLICT (key_id) DO UPDATE SET name = excluded.name, queries = key_usage.queries + excluded.queries,
-        requests = key_usage.requests + excluded.requests, rejected = key_usage.rejected + excluded.rejected
+        requests = key_usage.requests + excluded.requests, rejected = key_usage.rejected + excluded.rejected,
+        tokens = key_usage.tokens + excluded.tokens
 """
 _INSERT_REQUEST = """
-    INSERT INTO requests (request_id, key_id, created_at, n_images, input_sha256, status, reason, n_requests)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO requests (request_id, key_id, created_at, n_images, input_sha256, status, reason, n_requests,
+        tokens)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -76,7 +83,7 @@ class Charge:
         accepted: whether the request was charged (``False``: it would have overdrawn the quota, or an answer
             was already stored under its idempotency key).
         request_id: the ledger row's id (of the stored answer's request when ``stored`` is set).
-        used: images charged to the key, this request included when accepted.
+        used: inputs (images or texts) charged to the key, this request included when accepted.
         remaining: images left under the quota after this request; ``None`` when unlimited.
         answer: the answer bytes stored with the charge (``answer`` of :meth:`Ledger.charge`), or ``None``.
         stored: ``(request_sha256, answer)`` already stored under the request's idempotency key by an earlier

@@ -1,6 +1,13 @@
-"""The OpenAI embeddings wire format, ``POST /v1/embeddings``, with images as base64 tensors.
+"""The OpenAI embeddings wire format, ``POST /v1/embeddings``: texts as OpenAI sends them, images as base64 tensors.
 
-Request::
+Texts (what OpenAI-compatible servers take, ``encoderguard serve`` of a text encoder among them)::
+
+    {"model": "...", "input": ["text", ...], "encoding_format": "base64"}
+
+answered ``{"data": [{"embedding": "<base64 float32>", "index": i}, ...], "usage": {"prompt_tokens": n, ...}}``
+(``usage`` is read by :meth:`OpenAIAdapter.parse_tokens`).
+
+Images::
 
     {"model": "...", "input": ["<base64 of one float32 little-endian [C, H, W] image>", ...],
      "encoding_format": "float", "input_shape": [C, H, W], "input_dtype": "float32"}
@@ -34,12 +41,16 @@ class OpenAIAdapter(WireAdapter):
     """
 
     name = "openai"
+    modalities = ("image", "text")
 
     def base_url(self, url: str) -> str:
         url = url.rstrip("/")
         return url[: -len("/v1")] if url.endswith("/v1") else url
 
-    def embed_request(self, batch: np.ndarray) -> tuple[str, dict[str, Any]]:
+    def embed_request(self, batch: np.ndarray | list[str]) -> tuple[str, dict[str, Any]]:
+        if isinstance(batch, list):  # texts: OpenAI's own request, answers as base64 (4x smaller than floats)
+            return "/v1/embeddings", {"model": self.model or DEFAULT_MODEL, "input": list(batch),
+                                      "encoding_format": "base64"}
         images = np.ascontiguousarray(batch, dtype="<f4")
         return "/v1/embeddings", {
             "model": self.model or DEFAULT_MODEL,
@@ -48,6 +59,11 @@ class OpenAIAdapter(WireAdapter):
             "input_shape": [int(v) for v in images.shape[1:]],
             "input_dtype": "float32",
         }
+
+    def parse_tokens(self, payload: Any) -> int | None:
+        usage = payload.get("usage") if isinstance(payload, dict) else None
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return int(tokens) if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0 else None
 
     def parse_answer(self, payload: Any, n: int) -> np.ndarray:
         data = payload.get("data") if isinstance(payload, dict) else None

@@ -91,7 +91,7 @@ class PostgresLedger(Ledger):
         self._connections: list[Any] = []
         self._connections_lock = threading.Lock()
         self._closed = False
-        self._counts_column = True
+        self._counts_column = self._tokens_column = True
         try:
             self._init_database(create=create and not self.read_only)
         except BaseException:
@@ -171,12 +171,17 @@ class PostgresLedger(Ledger):
             if version > SCHEMA_VERSION:
                 raise EncoderGuardError(f"ledger {self.path} has schema version {version}; this build knows up to "
                                         f"{SCHEMA_VERSION}")
+            self._tokens_column = version >= 3 or create  # a read-only look at a version-2 ledger
             if not create:
                 if not exists:
                     raise EncoderGuardError(f"ledger {self.path} holds no encoderguard ledger (no schema_version "
                                             "table); start a server on it first")
                 return
             self._apply_schema(conn, version)
+
+    def _table_names(self, conn: Any) -> set[str]:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()
+        return {str(row[0]) for row in rows}
 
     def quick_check(self, *, timeout: float | None = None) -> str:
         """``"ok"`` when the database answers and holds the ledger's tables (PostgreSQL checks its own pages)."""

@@ -2,8 +2,9 @@
 
 ``POST /v1/embeddings`` goes: authenticate (401, or 429 ``too_many_auth_failures``) -> query parameters (422) ->
 ``Idempotency-Key`` (400; a stored answer for it is replayed at no charge, or 422 ``idempotency_conflict``) ->
-media type (415) and declared size (413), before any byte of the body is read -> quota spent or rate bucket empty
-(429) -> read the body within the size limit and read deadlines (413, 408) -> decode and validate
+media type (415) and declared size (413), before any byte of the body is read -> proof of work when the server
+requires it (428 ``pow_required``, 400 ``pow_invalid``; :mod:`encoderguard.api.proof_of_work`) -> quota spent or
+rate bucket empty (429) -> read the body within the size limit and read deadlines (413, 408) -> decode and validate
 (400/413/415/422) -> rate limit for the batch (429 + ``Retry-After``) -> quota pre-check (429) -> embed and defend
 -> atomic quota check + ledger insert (+ stored answer), committed -> answer 200.
 """
@@ -22,13 +23,15 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from encoderguard import __version__
-from encoderguard.api import admission
+from encoderguard.api import admission, openai_text
 from encoderguard.api.http_errors import clean_message, error_doc, error_response
 from encoderguard.api.keys import KeyRecord
 from encoderguard.api.ledger import LedgerUnavailableError
+from encoderguard.api.proof_of_work import Grant
 from encoderguard.api.service import EmbeddingService, request_digest
 from encoderguard.api.wire_format import ENCODINGS, WIRE_DTYPES
 from encoderguard.errors import APIError
+from encoderguard.modality import TEXT
 
 logger = logging.getLogger("encoderguard.api.server")
 
@@ -129,7 +132,11 @@ _ANSWER_SCHEMA = {
 
 def add_routes(app: FastAPI, service: EmbeddingService) -> None:
     """Register the endpoints of ``service`` on ``app``."""
-    input_shape = tuple(int(v) for v in service.api.input_shape)
+    text = service.api.modality == TEXT
+    # A text source speaks OpenAI's embeddings format: the same handler is mounted with OpenAI's request
+    # documentation and error shape (openai_text.py); decoding per modality is EmbeddingService.decode.
+    post_embeddings = openai_text.text_route(app, service) if text else app.post
+    input_shape = tuple(int(v) for v in service.api.input_shape or (0, 0, 0))  # unused for text
     upstream_errors = (502, 504) if service.api.source is not None else ()  # a proxy's upstream failures
 
     async def authenticate(request: Request) -> KeyRecord | JSONResponse:
@@ -141,13 +148,13 @@ def add_routes(app: FastAPI, service: EmbeddingService) -> None:
             await asyncio.sleep(service.auth_tarpit)
         return result
 
-    @app.post(
+    @post_embeddings(
         "/v1/embeddings",
         summary="Embed a batch of images",
         openapi_extra=request_doc(input_shape, service.max_batch),  # type: ignore[arg-type]
         responses={
             200: {"description": "the embeddings", "content": {"application/json": {"schema": _ANSWER_SCHEMA}}},
-            **error_doc(400, 401, 408, 413, 415, 422, 429, 500, *upstream_errors),
+            **error_doc(400, 401, 408, 413, 415, 422, 428, 429, 500, *upstream_errors),
         },
     )
     async def embeddings(request: Request) -> Response:
@@ -160,10 +167,16 @@ def add_routes(app: FastAPI, service: EmbeddingService) -> None:
             return error_response(422, f"encoding must be one of {list(ENCODINGS)}, got {shown!r}")
         encoding = encodings[0] if encodings else "base64"
         body, declared, body_read = b"", None, False
+        grant: Grant | None = None  # what the request's proof of work paid for (None: the server asks for none)
         try:
             idem = admission.idempotency_key(request)
             kind = admission.check_media_type(request)
             declared = admission.declared_length(request, service.max_body_bytes)
+            if service.proof_of_work is not None:  # before the body is read (api/proof_of_work.py)
+                admitted = await run_in_threadpool(service.proof_of_work.admit, service, record, request.headers)
+                if not isinstance(admitted, Grant):
+                    return _closing(admitted, declared)
+                grant = admitted
             if idem is not None:
                 stored = await run_in_threadpool(
                     service.ledger.stored_answer, record.key_id, idem, ttl=service.idempotency_ttl
@@ -190,7 +203,8 @@ def add_routes(app: FastAPI, service: EmbeddingService) -> None:
             response = await run_in_threadpool(service.reject, record, "", status, str(exc))
             return _closing(response, 0 if body_read else None if status in (408, 413) else declared)
         try:
-            return await run_in_threadpool(service.embed, record, body, files, encoding, idem)
+            answer = await run_in_threadpool(service.embed, record, body, files, encoding, idem, pow_grant=grant)
+            return answer if grant is None else await run_in_threadpool(grant.renew, answer)
         except LedgerUnavailableError:
             raise  # 503 (install_error_handlers): the charge did not commit, so the answer is not sent
         except Exception as exc:  # never charged: charging is the last step and cannot be followed by a failure
@@ -212,6 +226,27 @@ def add_routes(app: FastAPI, service: EmbeddingService) -> None:
         if isinstance(record, JSONResponse):
             return record
         return JSONResponse(await run_in_threadpool(service.model_info, record))
+
+    if text:
+        openai_text.add_models_route(app, service, authenticate)  # GET /v1/models, OpenAI's list of models
+
+    @app.get(
+        "/v1/pow",
+        summary="A proof-of-work challenge for this key (servers started with --pow-bits)",
+        openapi_extra={"security": SECURITY},
+        include_in_schema=service.proof_of_work is not None,  # documented only where it answers
+        responses=error_doc(401, 404, 422, 429, 500),
+    )
+    async def pow_challenge(request: Request) -> Response:
+        record = await authenticate(request)
+        if isinstance(record, JSONResponse):
+            return record
+        if service.proof_of_work is None:
+            return error_response(404, "this server does not require proof of work", code="pow_disabled")
+        status, content, headers = await run_in_threadpool(
+            service.proof_of_work.challenge_answer, record, request.query_params.get("images")
+        )
+        return JSONResponse(content, status_code=status, headers=headers)
 
     @app.get(
         "/health",

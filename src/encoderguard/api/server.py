@@ -30,10 +30,13 @@ from torch import nn
 from encoderguard import __version__
 from encoderguard.api.answer_source import AnswerSource
 from encoderguard.api.auth_limiter import AuthFailureLimiter
+from encoderguard.api.dashboard import add_monitoring, check_dashboard_settings
 from encoderguard.api.http_errors import install_error_handlers
 from encoderguard.api.keys import KeyStore
 from encoderguard.api.ledger import Ledger
 from encoderguard.api.local_api import LocalAPI
+from encoderguard.api.openai_text import DEFAULT_MAX_INPUT_TOKENS
+from encoderguard.api.proof_of_work import ProofOfWork
 from encoderguard.api.routes import SECURITY_SCHEMES, add_routes
 from encoderguard.api.service import EmbeddingService
 from encoderguard.defences.base import Postprocessor, prepare_chain
@@ -66,6 +69,12 @@ def create_app(
     rejection_rows_per_minute: int = 60,
     idempotency_ttl: float = 86_400.0,
     idempotency_max_per_key: int = 1024,
+    dashboard: bool = False,
+    admin_token: str | None = None,
+    verification_results: str | Path | None = None,
+    proof_of_work: ProofOfWork | None = None,
+    max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS,
+    model_name: str | None = None,
 ) -> FastAPI:
     """Build the embedding API application.
 
@@ -100,6 +109,19 @@ def create_app(
         rejection_rows_per_minute: rejected requests of one key per minute that get a ledger row of their own.
         idempotency_ttl: seconds an answer stored under an ``Idempotency-Key`` can be replayed.
         idempotency_max_per_key: most stored answers per key (the oldest go first).
+        dashboard: serve the owner's dashboard at ``/dashboard`` behind ``admin_token`` (see
+            :mod:`encoderguard.api.dashboard`); ``GET /metrics`` (Prometheus) is served either way.
+        admin_token: the dashboard's bearer token (required with ``dashboard``).
+        verification_results: JSON file of verification results the dashboard shows (may not exist yet).
+        proof_of_work: ask every ``POST /v1/embeddings`` for a solved challenge priced by the key's risk (see
+            :mod:`encoderguard.api.proof_of_work`); its risk comes from the defences unless it was given one.
+        max_input_tokens: a text source's longest text in tokens, as its tokenizer counts (longer: 400).
+        model_name: the model name a text server answers with (default: the encoder's ``model_name`` or
+            ``name``, else its class name).
+
+    A text source (an encoder or answer source with ``modality = "text"``) is served in OpenAI's embeddings format
+    on ``POST /v1/embeddings`` (plus ``GET /v1/models``); see :mod:`encoderguard.api.openai_text`. Its quotas and
+    rates count texts, and every answered request is charged its tokens too.
 
     Returns:
         The FastAPI app (serve it with :func:`run_server`, :func:`background_server` or any ASGI server).
@@ -122,6 +144,7 @@ def create_app(
         idempotency_max_per_key < 1
     ):
         raise ValueError(f"idempotency_max_per_key must be a positive int, got {idempotency_max_per_key!r}")
+    check_dashboard_settings(dashboard=dashboard, admin_token=admin_token, verification_results=verification_results)
     auth_limiter = AuthFailureLimiter(max_failures=auth_failures, window=auth_window)
     keys = KeyStore(keys_path)
     if not keys.path.is_file():
@@ -154,8 +177,11 @@ def create_app(
         api, keys, ledger, max_batch=max_batch, max_body_bytes=max_body_bytes, auth_limiter=auth_limiter,
         rejection_rows_per_minute=rejection_rows_per_minute, idempotency_ttl=idempotency_ttl, auth_tarpit=auth_tarpit,
         idempotency_max_per_key=idempotency_max_per_key, body_idle_timeout=body_idle_timeout,
-        body_total_timeout=body_total_timeout,
+        body_total_timeout=body_total_timeout, proof_of_work=proof_of_work,
+        max_input_tokens=max_input_tokens, model_name=model_name,
     )
+    if proof_of_work is not None:
+        proof_of_work.bind_defences(api.defences)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -176,6 +202,8 @@ def create_app(
     app.state.service = service
     install_error_handlers(app)
     add_routes(app, service)
+    add_monitoring(app, service, dashboard=dashboard, admin_token=admin_token,
+                   verification_results=verification_results)  # /metrics always, /dashboard when asked
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

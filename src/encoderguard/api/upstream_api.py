@@ -25,6 +25,7 @@ import torch
 
 from encoderguard.api.adapter_registry import create_adapter
 from encoderguard.errors import APIError
+from encoderguard.modality import IMAGE, MODALITIES, TEXT, Batch, batch_len, is_text, take
 
 if TYPE_CHECKING:
     import httpx
@@ -54,6 +55,13 @@ class UpstreamAPI:
     carries an ``Idempotency-Key`` that its retries repeat, so a retry after a lost answer is not charged twice
     upstream.
 
+    Texts (``modality="text"``, over the ``openai`` format only): ``embed`` takes a list of strings and sends them as
+    OpenAI's request; the answer's ``usage.prompt_tokens`` add up in :attr:`tokens_used`. The modality is what it
+    was told, else ``"image"`` when an input shape was given, else what the upstream's description says (``GET
+    /v1/model`` or ``/v1/models`` of ``encoderguard serve`` on a text encoder), else it becomes ``"text"`` with the
+    first batch of strings. A text upstream's ``dim`` comes from its description or the first answer (if it is
+    asked for before any, one probe text is sent: one upstream query).
+
     Args:
         url: the endpoint: a server's base URL (``encoderguard``, ``openai``; for ``openai`` also ``.../v1``) or a
             model's URL (``kserve``: ``http://host:port/v2/models/NAME``).
@@ -64,7 +72,8 @@ class UpstreamAPI:
         dim: the answer size; default: from the description, else from one answer to a blank image (one upstream
             query).
         model: the model name of formats that send one (``openai``).
-        batch_size: most images per upstream request (larger batches are split).
+        modality: ``"image"`` or ``"text"`` (default: see above).
+        batch_size: most inputs per upstream request (larger batches are split).
         timeout: seconds to wait for an answer.
         connect_timeout: seconds to wait for a connection.
         max_retries: retries after the first attempt.
@@ -86,6 +95,7 @@ class UpstreamAPI:
         input_shape: tuple[int, int, int] | None = None,
         dim: int | None = None,
         model: str | None = None,
+        modality: str | None = None,
         batch_size: int = 256,
         timeout: float = 30.0,
         connect_timeout: float = 5.0,
@@ -102,6 +112,12 @@ class UpstreamAPI:
             input_shape = tuple(int(v) for v in input_shape)  # type: ignore[assignment]
             if len(input_shape) != 3 or any(v < 1 for v in input_shape):  # type: ignore[arg-type]
                 raise ValueError(f"input_shape must be (C, H, W) of positive ints, got {input_shape!r}")
+        if modality is not None and modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {list(MODALITIES)}, got {modality!r}")
+        if modality == TEXT and TEXT not in self.adapter.modalities:
+            raise ValueError(f"the {api_format} format carries images only; texts go over the openai format")
+        if modality == TEXT and input_shape is not None:
+            raise ValueError("input_shape is for images; a text upstream takes none")
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
@@ -122,6 +138,9 @@ class UpstreamAPI:
         self.api_format = api_format
         self._input_shape: tuple[int, int, int] | None = input_shape  # type: ignore[assignment]
         self._dim = dim
+        self._modality: str | None = modality or (IMAGE if input_shape is not None or TEXT not in
+                                                  self.adapter.modalities else None)
+        self._tokens_used = 0
         self.batch_size = batch_size
         self.timeout = float(timeout)
         self.max_retries, self.backoff, self.max_retry_after = max_retries, float(backoff), float(max_retry_after)
@@ -143,8 +162,27 @@ class UpstreamAPI:
 
     # -- what it serves ------------------------------------------------------------------------------------------
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` (asks the upstream once if it was not given)."""
+    def modality(self) -> str:
+        """``"image"`` or ``"text"`` (may ask the upstream to describe itself once; see the class docstring)."""
+        if self._modality is None:
+            self._modality = self._discover_modality()
+        return self._modality
+
+    @property
+    def model_name(self) -> str:
+        """The model name sent upstream (and answered by a proxy in front of a text upstream)."""
+        return self.adapter.model or "encoder"
+
+    @property
+    def tokens_used(self) -> int:
+        """Tokens the upstream reported for the texts answered through this client (``usage.prompt_tokens``)."""
+        return self._tokens_used
+
+    @property
+    def input_shape(self) -> tuple[int, int, int] | None:
+        """``(C, H, W)`` (asks the upstream once if it was not given); ``None`` for a text upstream."""
+        if self.modality == TEXT:
+            return None
         if self._input_shape is None:
             self.describe()
         assert self._input_shape is not None
@@ -160,10 +198,10 @@ class UpstreamAPI:
 
     @property
     def queries_used(self) -> int:
-        """Images the upstream has answered through this client."""
+        """Inputs (images or texts) the upstream has answered through this client."""
         return self._queries_used
 
-    def describe(self) -> tuple[tuple[int, int, int], int]:
+    def describe(self) -> tuple[tuple[int, int, int] | None, int]:
         """Learn the input shape and answer size from the upstream (its model description, else one answer).
 
         Returns:
@@ -173,6 +211,10 @@ class UpstreamAPI:
             UpstreamError: the upstream cannot be reached or answers nonsense.
             ValueError: the format does not describe the input shape and none was given.
         """
+        if self.modality == TEXT:
+            if self._dim is None:  # no description said it: one probe text tells the answer size
+                self._dim = int(self._embed_chunk(["dimension probe"]).shape[1])
+            return None, self._dim
         path = self.adapter.describe_path()
         if path is not None and (self._input_shape is None or self._dim is None):
             payload = self._send("GET", path, None)
@@ -186,7 +228,8 @@ class UpstreamAPI:
             self._mark_answered()
         if self._input_shape is None:
             raise ValueError(f"the {self.api_format} format does not say which images the upstream takes: give the "
-                             "input shape (--input-shape C,H,W)")
+                             "input shape (--input-shape C,H,W), or modality 'text' for a text upstream "
+                             "(--upstream-modality text)")
         if self._dim is None:
             # One blank image tells the answer size (one upstream query).
             self._dim = int(self._embed_chunk(np.zeros((1, *self._input_shape), np.float32)).shape[1])
@@ -201,18 +244,36 @@ class UpstreamAPI:
             if path is not None:
                 self.adapter.parse_description(self._send("GET", path, None))
                 self._mark_answered()
+            elif self.modality == TEXT:
+                if self._dim is None:
+                    self.describe()
+                else:
+                    self._embed_chunk(["readiness probe"])
             elif self._input_shape is not None:
                 self._embed_chunk(np.zeros((1, *self._input_shape), np.float32))
         except (APIError, ValueError) as exc:
             self._last_problem = str(exc)
         return None if self._answered else f"the upstream has not answered yet: {self._last_problem}"
 
-    def embed(self, inputs: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """The upstream's answers ``[N, D]`` (float32, finite) for images ``[N, C, H, W]`` in ``[0, 1]``.
+    def embed(self, inputs: torch.Tensor | np.ndarray | list[str]) -> torch.Tensor:
+        """The upstream's answers ``[N, D]`` (float32, finite) for images ``[N, C, H, W]`` in ``[0, 1]``, or for
+        ``N`` strings from a text upstream.
 
         Raises:
             UpstreamError: no usable answer (see the module docstring).
+            ValueError: texts for an image upstream, or images for a text upstream.
         """
+        if is_text(inputs):
+            texts = list(inputs)  # type: ignore[arg-type]
+            if self._modality is None and TEXT in self.adapter.modalities:
+                self._modality = TEXT  # a third-party text endpoint: known from what it is asked
+            if self.modality != TEXT:
+                raise ValueError(f"the upstream {self.url} takes images, not text")
+            parts = [self._embed_chunk(take(texts, slice(i, i + self.batch_size)))
+                     for i in range(0, len(texts), self.batch_size)]
+            return torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0])
+        if self.modality == TEXT:
+            raise ValueError(f"the upstream {self.url} embeds texts: send a list of strings")
         batch = inputs.detach().to("cpu", torch.float32).numpy() if isinstance(inputs, torch.Tensor) else (
             np.asarray(inputs, dtype=np.float32))
         parts = [self._embed_chunk(batch[i : i + self.batch_size]) for i in range(0, batch.shape[0], self.batch_size)]
@@ -237,15 +298,37 @@ class UpstreamAPI:
             self._answered = True
             logger.info("the upstream %s (%s) answered", self.url, self.api_format)
 
-    def _embed_chunk(self, batch: np.ndarray) -> np.ndarray:
-        n = int(batch.shape[0])
-        path, body = self.adapter.embed_request(batch)
+    def _discover_modality(self) -> str:
+        """``"text"`` when the upstream describes itself as a text model (``GET /v1/model`` or ``/v1/models`` of
+        ``encoderguard serve``), else ``"image"``; learns the answer size on the way."""
+        for path in ("/v1/model", "/v1/models"):
+            try:
+                payload = self._send("GET", path, None, retries=0)
+            except APIError:
+                continue
+            entry = payload
+            if path == "/v1/models":
+                listed = payload.get("data") if isinstance(payload, dict) else None
+                entry = listed[0] if isinstance(listed, list) and listed else None
+            if isinstance(entry, dict) and entry.get("modality") == TEXT:
+                dim = entry.get("dim")
+                if self._dim is None and isinstance(dim, int) and not isinstance(dim, bool) and dim > 0:
+                    self._dim = dim
+                self._mark_answered()
+                return TEXT
+        return IMAGE
+
+    def _embed_chunk(self, batch: np.ndarray | Batch) -> np.ndarray:
+        n = batch_len(batch)  # type: ignore[arg-type]
+        path, body = self.adapter.embed_request(batch)  # type: ignore[arg-type]
         payload = self._send("POST", path, json.dumps(body).encode())
         try:
             answers = np.ascontiguousarray(self.adapter.parse_answer(payload, n), dtype=np.float32)
         except ValueError as exc:
             raise UpstreamError(f"the upstream answered unusably: {exc}", status=502,
                                 code="upstream_bad_answer") from None
+        if self._dim is None and isinstance(batch, list):  # a text upstream that did not describe itself
+            self._dim = int(answers.shape[1])
         if self._dim is not None and answers.shape[1] != self._dim:
             raise UpstreamError(f"the upstream answered {answers.shape[1]}-d vectors, expected {self._dim}-d",
                                 status=502, code="upstream_bad_answer")
@@ -254,16 +337,19 @@ class UpstreamAPI:
             raise UpstreamError(f"the upstream answered NaN or infinite values ({bad} of {n} vectors)", status=502,
                                 code="upstream_non_finite")
         self._mark_answered()
+        tokens = self.adapter.parse_tokens(payload) if isinstance(batch, list) else None
         with self._lock:
             self._queries_used += n
+            self._tokens_used += tokens or 0
         return answers
 
-    def _send(self, method: str, path: str, body: bytes | None) -> Any:
-        """One exchange with retries; the decoded JSON of a 200."""
+    def _send(self, method: str, path: str, body: bytes | None, *, retries: int | None = None) -> Any:
+        """One exchange with retries (``retries``: instead of ``max_retries``); the decoded JSON of a 200."""
+        max_retries = self.max_retries if retries is None else retries
         headers = {"Idempotency-Key": f"eg-proxy-{uuid.uuid4().hex}"} if (
             body is not None and self.adapter.name == "encoderguard") else {}
         problem, code = "no attempt made", "upstream_error"
-        for attempt in range(self.max_retries + 1):
+        for attempt in range(max_retries + 1):
             delay = self.backoff * (2**attempt) * (0.5 + random.random() / 2)
             try:
                 response = self._client.request(method, path, content=body, headers=headers)
@@ -285,7 +371,7 @@ class UpstreamAPI:
                 detail = _detail(response)
                 if status == 429:
                     wait = _retry_after(response)
-                    if wait is None or wait > self.max_retry_after or attempt == self.max_retries:
+                    if wait is None or wait > self.max_retry_after or attempt == max_retries:
                         raise UpstreamError(f"the upstream rate-limited the request (HTTP 429: {detail})",
                                             status=502, code="upstream_rejected")
                     delay = wait
@@ -297,9 +383,9 @@ class UpstreamAPI:
                     raise UpstreamError(f"the upstream refused the request with HTTP {status}{hint}: {detail}",
                                         status=502, code="upstream_rejected")
             self._last_problem = problem
-            if attempt < self.max_retries:
+            if attempt < max_retries:
                 self._sleep(delay)
-        raise UpstreamError(f"{problem} (after {self.max_retries} retries)", status=502, code=code)
+        raise UpstreamError(f"{problem} (after {max_retries} retries)", status=502, code=code)
 
 
 def _detail(response: httpx.Response) -> str:

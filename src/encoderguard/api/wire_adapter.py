@@ -34,12 +34,16 @@ class WireAdapter(ABC):
         """The URL that request paths are relative to, for the endpoint URL a user gives."""
         return url.rstrip("/")
 
+    #: The input modalities the format carries (a text batch is a list of strings).
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
+
     @abstractmethod
     def embed_request(self, batch: np.ndarray) -> tuple[str, dict[str, Any]]:
         """The path (relative to the endpoint URL) and JSON body that ask for the embeddings of ``batch``.
 
         Args:
-            batch: float32 ``[N, C, H, W]`` in ``[0, 1]``.
+            batch: float32 ``[N, C, H, W]`` in ``[0, 1]``; a format with ``"text"`` in :attr:`modalities` also takes
+                a list of ``N`` strings.
         """
 
     @abstractmethod
@@ -49,6 +53,10 @@ class WireAdapter(ABC):
         Raises:
             ValueError: naming what is wrong with the answer (missing field, wrong count or shape, undecodable).
         """
+
+    def parse_tokens(self, payload: Any) -> int | None:
+        """Tokens the answer says it billed (``None``: the format does not say)."""
+        return None
 
     def describe_path(self) -> str | None:
         """Path of a ``GET`` that describes the model (input shape, answer size), or ``None`` if the format has

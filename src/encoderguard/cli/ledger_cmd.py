@@ -14,7 +14,8 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "ledger",
         help="per-key usage of a served API",
-        description="Summarise the query ledger: images answered, requests and rejections per API key.",
+        description="Summarise the query ledger: inputs answered (images or texts), tokens (texts), requests and "
+        "rejections per API key.",
     )
     p.add_argument("--ledger", default="ledger.sqlite",
                    help="ledger file (default: ledger.sqlite) or postgresql://USER@HOST:PORT/DB (read-only access)")
@@ -51,15 +52,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(result: dict[str, Any]) -> str:
-    lines = [f"{'key id':10}  {'name':20}  {'images':>10}  {'requests':>9}  {'rejected':>9}"]
+    lines = [f"{'key id':10}  {'name':20}  {'inputs':>10}  {'tokens':>12}  {'requests':>9}  {'rejected':>9}"]
     if "error" in result:
         return f"integrity check: {result['integrity_check']}\n{result['error']}"
     for key_id, k in result["keys"].items():
         lines.append(
-            f"{key_id:10}  {str(k['name'])[:20]:20}  {k['queries']:>10}  {k['requests']:>9}  "
+            f"{key_id:10}  {str(k['name'])[:20]:20}  {k['queries']:>10}  {k.get('tokens', 0):>12}  {k['requests']:>9}  "
             f"{k['rejected']:>9}"
         )
-    lines.append(f"total images answered: {result['total_queries']}")
+    lines.append(f"total inputs answered: {result['total_queries']} (tokens: {result.get('total_tokens', 0)})")
     if "integrity_check" in result:
         lines.append(f"integrity check: {result['integrity_check']}")
     return "\n".join(lines)

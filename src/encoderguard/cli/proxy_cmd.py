@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from encoderguard.cli.common import input_shape, positive_int
+from encoderguard.cli.dashboard_flags import add_dashboard_arguments, dashboard_options
 from encoderguard.cli.main import add_common
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -29,6 +30,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--upstream-key-env", default=None, metavar="VAR",
                    help="environment variable holding the upstream's API key (sent as a bearer token, never logged)")
     p.add_argument("--upstream-model", default=None, help="model name sent to an openai upstream (default 'encoder')")
+    p.add_argument("--upstream-modality", choices=["image", "text"], default=None,
+                   help="what the upstream embeds; text (openai format only) is served in OpenAI's embeddings "
+                        "format (default: images when --input-shape is given, else what the upstream's "
+                        "/v1/model says)")
     p.add_argument("--input-shape", type=input_shape, default=None, metavar="C,H,W",
                    help="image shape, for an upstream that does not describe it (openai)")
     p.add_argument("--dim", type=positive_int, default=None,
@@ -51,6 +56,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--port", type=int, required=True, help="TCP port; 0 picks a free one (printed on stderr)")
     p.add_argument("--max-batch", type=int, default=1024, help="most images per request (default: 1024)")
     p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default: 32)")
+    add_dashboard_arguments(p)
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default: warning)")
     add_common(p)
@@ -67,6 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
     if args.upstream_retries < 0:
         raise ValueError(f"--upstream-retries must be >= 0, got {args.upstream_retries}")
+    dashboard = dashboard_options(args)  # a missing or empty admin token file fails here, in one line
     key = None
     if args.upstream_key_env is not None:
         key = os.environ.get(args.upstream_key_env)
@@ -89,13 +96,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         defences.insert(0, OutputWatermark(key=args.watermark_key))  # a missing or corrupt key fails here
     upstream = UpstreamAPI(args.upstream, api_format=args.upstream_format, key=key, input_shape=args.input_shape,
-                           dim=args.dim, model=args.upstream_model, batch_size=args.upstream_batch,
+                           dim=args.dim, model=args.upstream_model, modality=args.upstream_modality,
+                           batch_size=args.upstream_batch,
                            timeout=args.upstream_timeout, max_retries=args.upstream_retries)
     try:
         try:
             upstream.describe()
         except UpstreamError as exc:
-            if args.input_shape is None or args.dim is None:
+            if (args.input_shape is None and args.upstream_modality != "text") or args.dim is None:
                 raise UpstreamError(f"the upstream {upstream.url} did not answer ({exc}); start it first, or give "
                                     "--input-shape and --dim to start anyway", status=502, code=exc.code) from None
             print(f"encoderguard proxy: warning: the upstream does not answer yet ({exc}); /health answers 503 "
@@ -106,12 +114,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         def announce(url: str) -> None:
             print(f"encoderguard proxy: listening on {url}, answers from {upstream.url} ({args.upstream_format}, "
-                  f"{upstream.input_shape} -> {upstream.dim}-d)", file=sys.stderr, flush=True)
+                  f"{upstream.input_shape or 'texts'} -> {upstream.dim}-d)", file=sys.stderr, flush=True)
 
         url = run_server(upstream, keys_path=args.keys, ledger_path=args.ledger, host=args.host, port=args.port,
                          defences=defences, max_batch=args.max_batch,
                          max_body_bytes=max(1024, int(args.max_body_mb * 2**20)), log_level=args.log_level,
-                         on_bind=announce)
+                         on_bind=announce, **dashboard)
     finally:
         upstream.close()
     return {"url": url, "upstream": upstream.url, "upstream_format": args.upstream_format,
