@@ -22,25 +22,25 @@ def _app(tmp_path: Path, encoder: torch.nn.Module, specs: list[str]):  # noqa: A
 
 
 def test_coverage_state_lives_in_the_ledger_and_survives_a_restart(tmp_path: Path, encoder: torch.nn.Module) -> None:
-    from fastapi.testclient import TestClient
-
     from encoderguard.api.client import HTTPEmbeddingAPI
+    from encoderguard.api.server import background_server
 
     record, key = KeyStore(tmp_path / "keys.json", kdf_n=2**8).add(name="thief")
     images = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     specs = ["coverage:bits=6,tables=4", "orthogonal:seed=3"]
-    with TestClient(_app(tmp_path, encoder, specs)) as client:
-        api = HTTPEmbeddingAPI("http://testserver", key, transport=client._transport, max_retries=0)
+    with background_server(_app(tmp_path, encoder, specs)) as url:  # a real server on 127.0.0.1
+        api = HTTPEmbeddingAPI(url, key, max_retries=0)
         first = api.embed(images)
+        api.close()
     ledger = Ledger(tmp_path / "ledger.sqlite")
     rows = ledger._conn().execute("SELECT name FROM key_state WHERE key_id = ?", (record.key_id,)).fetchall()
     assert [name.split("/")[0] for (name,) in rows] == ["coverage"]
     ledger.close()
-    with TestClient(_app(tmp_path, encoder, specs)) as client:
+    with background_server(_app(tmp_path, encoder, specs)) as url:
         # no idempotency keys: with them, the restarted server would replay its stored answers instead of answering
-        api = HTTPEmbeddingAPI("http://testserver", key, transport=client._transport, max_retries=0,
-                               idempotency_keys=False)
+        api = HTTPEmbeddingAPI(url, key, max_retries=0, idempotency_keys=False)
         again = api.embed(images)
+        api.close()
     # same inputs, same key, coverage carried over: the answers are no cleaner than before the restart
     coverage = parse_defences(["coverage:bits=6,tables=4"])[0]
     coverage.bind_store(Ledger(tmp_path / "ledger.sqlite"))

@@ -38,7 +38,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="adaptive attacks on every setting, comma-separated: filter, average, average-jitter, "
                         "sybil, sybil-naive (default none)")
     p.add_argument("--repeats", type=positive_int, default=4, help="repeats per input of the averaging attacks")
-    p.add_argument("--sybils", type=positive_int, default=4, help="keys of the sybil attacks (default 4)")
+    p.add_argument("--sybils", type=positive_int, default=None, metavar="K",
+                   help="keys the attacker splits its --budget over, equally, each a separate identity to the "
+                        "defence (default 1); also the keys of the adaptive sybil attacks (default 4 there)")
+    p.add_argument("--attack", choices=("plain", "average", "procrustes"), default="plain",
+                   help="how the attacker uses its keys: plain (train on the answers as they come, default), "
+                        "average (jittered repeats averaged) or procrustes (shared anchors on every key, answers "
+                        "aligned by orthogonal Procrustes; needs --sybils >= 2)")
+    p.add_argument("--mixed-users", default="", metavar="LIST",
+                   help="class counts of honest users measured after the attacker, e.g. 3,3,5,10 (default none)")
     p.add_argument("--anchors", type=non_negative_int, default=128,
                    help="shared inputs per sybil key for aligning keys (default 128)")
     p.add_argument("--seed", type=non_negative_int, default=0,
@@ -59,14 +67,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     check_settings(args.defence)  # a typo fails before the victim is loaded and probed
     adaptive = [name.strip() for name in args.adaptive.split(",") if name.strip()]
+    try:
+        mixed = [int(c) for c in args.mixed_users.split(",") if c.strip()]
+    except ValueError:
+        raise ValueError(f"--mixed-users must be comma-separated integers, got {args.mixed_users!r}") from None
+    attacker_keys = args.sybils or 1
     per_class = args.honest_per_class
     evaluation = DefenceEvaluation(
         args.victim, budget=args.budget, loss=args.loss, thief=args.thief, epochs=args.epochs, transport=args.transport,
         honest=HonestPattern(users=args.honest_users, classes=args.honest_classes, train_per_class=per_class,
                              test_per_class=per_class),
-        broad_user=not args.no_broad_user, adaptive=adaptive, repeats=args.repeats, sybils=args.sybils,
-        anchors=args.anchors, seed=args.seed, out_dir=args.out, data_dir=args.data_dir,
-        progress=not args.no_progress)
+        broad_user=not args.no_broad_user, adaptive=adaptive, repeats=args.repeats,
+        sybils=attacker_keys if attacker_keys >= 2 else 4, anchors=args.anchors, seed=args.seed, out_dir=args.out,
+        data_dir=args.data_dir, progress=not args.no_progress, attacker_keys=attacker_keys, attack=args.attack,
+        mixed=mixed)
     result = evaluation.run(args.defence)
     out: dict[str, Any] = result.to_dict()
     if args.out:

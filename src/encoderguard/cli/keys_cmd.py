@@ -1,12 +1,16 @@
-"""``encoderguard keys add|revoke|list``: manage the API keys of ``encoderguard serve``."""
+"""``encoderguard keys add|revoke|list|reset-state``: manage the API keys of ``encoderguard serve``."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from encoderguard.cli.main import add_common
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -41,7 +45,17 @@ def add_parser(subparsers: Any) -> None:
     listing.add_argument("--keys", required=True, help="keys file")
     add_common(listing)
 
-    for sub in (add, revoke, listing):
+    reset = actions.add_parser(
+        "reset-state", help="forget what the defences remember about a key (coverage, spread, guard links)",
+        description="Delete every defence state the ledger holds for one key: the stateful defences (coverage, "
+                    "spread, guard) treat it as a new key from its next request. Takes effect on a running server "
+                    "at once (the state is read per request).")
+    reset.add_argument("--keys", required=True, help="keys file (the key must be in it)")
+    reset.add_argument("--ledger", required=True, help="the server's ledger (SQLite file or postgresql:// URL)")
+    reset.add_argument("key_id", metavar="KEY_ID", help="id of the key (the 8 characters after 'eg_')")
+    add_common(reset)
+
+    for sub in (add, revoke, listing, reset):
         sub.set_defaults(handler=sys.modules[__name__])
 
 
@@ -50,8 +64,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     action = getattr(args, "keys_action", None)
     if action is None:
-        raise ValueError("choose an action: encoderguard keys add|revoke|list --keys KEYS.json ...")
+        raise ValueError("choose an action: encoderguard keys add|revoke|list|reset-state --keys KEYS.json ...")
     store = KeyStore(args.keys)
+    if action == "reset-state":
+        return _reset_state(store, args.ledger, args.key_id)
     if action == "add":
         record, key = store.add(name=args.name, quota=args.quota, rate=args.rate)
         return {
@@ -69,7 +85,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"keys": [r.to_dict() for r in store.records()]}
 
 
+def _reset_state(store: Any, ledger_path: str, key_id: str) -> dict[str, Any]:
+    """Delete ``key_id``'s defence state in the ledger; the key must be in the keys file."""
+    from encoderguard.api.ledger import Ledger, is_postgres_url
+
+    if not store.path.is_file():
+        raise ValueError(f"keys file {store.path} does not exist")
+    record = next((r for r in store.records() if r.key_id == key_id), None)
+    if record is None:
+        raise ValueError(f"unknown key id {key_id!r} in {store.path} (see 'encoderguard keys list --keys "
+                         f"{store.path}')")
+    if not is_postgres_url(ledger_path) and not Path(ledger_path).is_file():
+        raise ValueError(f"ledger {ledger_path} does not exist")
+    with Ledger(ledger_path, create=False) as ledger:
+        removed = ledger.reset_state(key_id)
+    logger.info(f"keys reset-state: removed {removed} defence states of key {key_id}")
+    return {"key_id": key_id, "name": record.name, "states_removed": removed}
+
+
 def render(result: dict[str, Any]) -> str:
+    if "states_removed" in result:
+        return f"reset key {result['key_id']} ({result['name']!r}): {result['states_removed']} defence states removed"
     if "key" in result:
         return f"key for {result['name']!r} (id {result['key_id']}); it is shown only once:\n{result['key']}"
     if "revoked" in result:

@@ -15,7 +15,9 @@ from encoderguard.defences.gaussian_noise import GaussianNoise
 from encoderguard.defences.orthogonal_transform import OrthogonalTransform
 from encoderguard.defences.output_watermark import OutputWatermark
 from encoderguard.defences.rounding import Rounding
+from encoderguard.defences.sybil_guard import SybilGuard
 from encoderguard.defences.top_k import TopK
+from encoderguard.defences.traffic_window import TrafficWindow
 
 DEFENCES: dict[str, Any] = {  # name -> postprocessor class (with a PARAMS dict of parameter types)
     "noise": GaussianNoise,
@@ -25,6 +27,9 @@ DEFENCES: dict[str, Any] = {  # name -> postprocessor class (with a PARAMS dict 
     "spread": CellSpreadNoise,
     "orthogonal": OrthogonalTransform,
     "output-watermark": OutputWatermark,
+    "window": TrafficWindow,  # an observer: answers unchanged, alerts on windows unlike benign traffic
+    # the recommended chain: group-aware spread noise, keyed answer-seeded noise, per-key rotation
+    "guard": SybilGuard,
 }
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string"}
 UNDEFENDED = "none"  # the chain of no defence

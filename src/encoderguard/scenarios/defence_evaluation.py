@@ -16,6 +16,12 @@ user, per-key defence state in the server's ledger) or in process, and three kin
   ``probe-test``, ``(copy - random init) / (victim - random init)``) and **fidelity** (mean cosine between the
   copy and the clean victim as that key sees it, i.e. with the key's secret rotation if the chain has one,
   on ``probe-test``).
+- **The attacker over several keys** (``attacker_keys > 1``, or ``attack`` other than ``plain``): the same total
+  budget split equally over ``attacker_keys`` keys by region (:mod:`encoderguard.attacks.sybil_split`):
+  ``plain`` (the stealing attack routed over the keys, answers used as they come), ``average`` (jittered repeats
+  averaged per input) or ``procrustes`` (shared anchors on every key, answers aligned by orthogonal Procrustes).
+  Optionally, **mixed traffic** after the attacker (``mixed``: honest users of 1..10 classes on fresh keys), to see
+  whether the attacker's presence spills over onto honest keys.
 - **Adaptive attackers** (optional, same budget, each under its own key or keys): ``filter``, ``average``,
   ``average-jitter``, ``sybil`` and ``sybil-naive`` from :mod:`encoderguard.attacks.adaptive`; each copy is trained
   like the attacker's and scored the same way.
@@ -58,12 +64,22 @@ from encoderguard.attacks.adaptive import (
 from encoderguard.attacks.copy_evaluation import gain_recovery, mean_cosine
 from encoderguard.attacks.copy_training import train_copy
 from encoderguard.attacks.losses import create_loss
+from encoderguard.attacks.queries import query_order
 from encoderguard.attacks.stealing import DEFAULT_ARCH_KWARGS, StealingAttack
+from encoderguard.attacks.sybil_split import (
+    SPLIT_ATTACKS,
+    SybilSplitAPI,
+    balanced_split,
+    procrustes_split_attack,
+    split_average_attack,
+)
 from encoderguard.attacks.thieves import thief_settings
+from encoderguard.data.data_set import images_only
 from encoderguard.data.splits import owner_spec, owner_split
 from encoderguard.defences.base import Postprocessor, prepare_chain
 from encoderguard.defences.coverage_noise import CoverageNoise
 from encoderguard.defences.registry import UNDEFENDED, check_settings, parse_chain
+from encoderguard.defences.sybil_guard import SybilGuard
 from encoderguard.models import load_checkpoint
 from encoderguard.models.checkpoint_probe import probe_sets
 from encoderguard.models.encoder import Encoder
@@ -104,6 +120,10 @@ class DefenceEvaluation:
         thief: a named recipe of :mod:`encoderguard.attacks.thieves` (e.g. ``"strong"``) for the plain attacker:
             its loss replaces ``loss`` and its settings (mixup, longer training, query selection) apply; the
             adaptive attackers train with its loss.
+        attacker_keys: keys the attacker splits its ``budget`` over, equally (``1``: the single-key attacker).
+        attack: how the attacker uses them: ``"plain"``, ``"average"`` or ``"procrustes"`` (``attacker_keys >= 2``;
+            ``min(anchors, budget // (2 x keys))`` anchors per key).
+        mixed: class counts of honest users measured after the attacker (e.g. ``(3, 3, 5, 10)``).
 
     Raises:
         ValueError: for a bad setting or an unknown adaptive attack (listing the choices).
@@ -114,11 +134,24 @@ class DefenceEvaluation:
                  honest: HonestPattern | None = None, broad_user: bool = True, adaptive: Sequence[str] = (),
                  repeats: int = 4, sybils: int = 4, anchors: int = 128, seed: int = 0,
                  copy_arch_kwargs: dict[str, Any] | None = None, out_dir: str | Path | None = None,
-                 data_dir: str | None = None, progress: bool = True, thief: str | None = None) -> None:
+                 data_dir: str | None = None, progress: bool = True, thief: str | None = None,
+                 attacker_keys: int = 1, attack: str = "plain", mixed: Sequence[int] = ()) -> None:
         for name, value, low in (("budget", budget, 2), ("epochs", epochs, 1), ("repeats", repeats, 2),
                                  ("sybils", sybils, 2), ("anchors", anchors, 0), ("seed", seed, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if isinstance(attacker_keys, bool) or not isinstance(attacker_keys, int) or not 1 <= attacker_keys <= budget:
+            raise ValueError(f"attacker keys must be an integer in 1..{budget} (the budget), got {attacker_keys!r}")
+        if attack not in SPLIT_ATTACKS:
+            raise ValueError(f"unknown attack {attack!r}; choose one of: {', '.join(SPLIT_ATTACKS)}")
+        if attack == "procrustes" and attacker_keys < 2:
+            raise ValueError("the procrustes attack aligns several keys' answers: it needs --sybils >= 2")
+        if attack == "average" and budget // repeats < attacker_keys:
+            raise ValueError(f"budget {budget} / repeats {repeats} leaves fewer distinct inputs than keys "
+                             f"({attacker_keys})")
+        for classes in mixed:
+            if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+                raise ValueError(f"mixed users' class counts must be integers >= 1, got {classes!r}")
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
         unknown = [a for a in adaptive if a not in ADAPTIVE_ATTACKS]
@@ -139,16 +172,19 @@ class DefenceEvaluation:
         self.seed, self.data_dir, self.progress = seed, data_dir, progress
         self.copy_arch_kwargs = dict(DEFAULT_ARCH_KWARGS if copy_arch_kwargs is None else copy_arch_kwargs)
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.attacker_keys, self.attack, self.mixed = attacker_keys, attack, tuple(mixed)
 
         checkpoint = load_checkpoint(self.victim_dir)
         self.encoder, self.card = checkpoint.encoder.eval(), checkpoint.card
-        self.query_data = owner_split(self.card, "query", data_dir=data_dir)
+        self.query_data = images_only(owner_split(self.card, "query", data_dir=data_dir), purpose="defend-eval")
         spec = owner_spec(self.card)
         self.dataset, self.split_seed = spec.dataset, spec.split_seed
         self.dim = int(self.encoder.embed_dim)
         c, h, w = (int(v) for v in self.encoder.input_shape)
         self.input_shape = (c, h, w)
-        self.probe_train, self.probe_test = probe_sets(self.dataset, split_seed=self.split_seed, data_dir=data_dir)
+        probe_train, probe_test = probe_sets(self.dataset, split_seed=self.split_seed, data_dir=data_dir)
+        self.probe_train = images_only(probe_train, purpose="defend-eval")
+        self.probe_test = images_only(probe_test, purpose="defend-eval")
         self.victim_train = encode(self.encoder, self.probe_train)
         self.victim_test = encode(self.encoder, self.probe_test)
         self.victim_linear_acc = probe_features(self.victim_train, self.probe_train.labels, self.victim_test,
@@ -168,7 +204,14 @@ class DefenceEvaluation:
                 "honest": self.honest.to_dict(), "broad_user": self.broad_user, "repeats": self.repeats,
                 "sybils": self.sybils, "anchors": self.anchors, "seed": self.seed,
                 "copy_arch_kwargs": self.copy_arch_kwargs,
-                **({"thief": self.thief, "thief_settings": self.thief_settings} if self.thief else {})}
+                **({"thief": self.thief, "thief_settings": self.thief_settings} if self.thief else {}),
+                **({"attacker_keys": self.attacker_keys, "attack": self.attack} if self._split else {}),
+                **({"mixed": list(self.mixed)} if self.mixed else {})}
+
+    @property
+    def _split(self) -> bool:
+        """Whether the attacker is not the single-key plain one."""
+        return self.attacker_keys > 1 or self.attack != "plain"
 
     def validate(self, settings: Sequence[str]) -> None:
         """Build every setting's chain and check it against the victim, so a typo fails before any work.
@@ -211,9 +254,17 @@ class DefenceEvaluation:
         with self._serve(setting) as (connect, chain):
             utilities, honest_keys = self._honest_users(connect)
             broad, broad_key = self._broad_user(connect) if self.broad_user else (None, None)
-            steal = self._steal(connect, chain)
+            steal, attacker_keys = self._split_steal(connect, chain) if self._split else self._steal(connect, chain)
+            mixed = self._mixed_users(connect) if self.mixed else []
             outcomes = [self._adaptive(name, connect, chain) for name in attacks]
             details: dict[str, Any] = {"honest_queries_per_user": self.honest.queries}
+            if mixed:
+                details["mixed_after_attack"] = mixed
+            if self._split:
+                details["attack_details"] = steal.details
+            guard = next((d for d in chain if isinstance(d, SybilGuard)), None)
+            if guard is not None:
+                details["guard"] = _guard_summary(guard, self.dim, honest_keys, attacker_keys, broad_key)
             coverage = next((d for d in chain if isinstance(d, CoverageNoise)), None)
             if coverage is not None:
                 details["honest_coverage"] = [round(coverage.coverage(k, self.dim), 4) for k in honest_keys]
@@ -224,7 +275,8 @@ class DefenceEvaluation:
         row = DefenceRow(defence=setting, honest_utility=float(np.mean(utilities)),
                          attacker_gain_recovery=steal.gain_recovery, attacker_fidelity=steal.fidelity,
                          attacker_linear_acc=steal.linear_acc, honest_utilities=utilities,
-                         broad_user_utility=broad, adaptive=outcomes, details=details)
+                         broad_user_utility=broad, adaptive=outcomes, details=details,
+                         sybils=self.attacker_keys, attack=self.attack)
         logger.info(f"defend-eval: {setting}: honest {row.honest_utility:.4f}, broad {broad}, gain recovery "
             f"{row.attacker_gain_recovery:.3f}, fidelity {row.attacker_fidelity:.3f}"
             + "".join(f"; {a.attack} {a.gain_recovery:.3f}" for a in outcomes))
@@ -309,6 +361,8 @@ class DefenceEvaluation:
         for defence in chain:
             if getattr(defence, "name", "") == "orthogonal":
                 reference = defence(reference, inputs=torch.empty(0), key=key_id)
+            elif isinstance(defence, SybilGuard):
+                reference = defence.rotate_answers(reference, key=key_id)
         return reference
 
     def _score(self, attack: str, copy: nn.Module, projector: nn.Module | None, reference: torch.Tensor,
@@ -327,7 +381,8 @@ class DefenceEvaluation:
         coverage = next((d for d in chain if isinstance(d, CoverageNoise)), None)
         return None if coverage is None else round(coverage.coverage(key_id, self.dim), 4)
 
-    def _steal(self, connect: Callable[[str], tuple[EmbeddingAPI, str]], chain: list[Postprocessor]) -> AttackOutcome:
+    def _steal(self, connect: Callable[[str], tuple[EmbeddingAPI, str]],
+               chain: list[Postprocessor]) -> tuple[AttackOutcome, list[str]]:
         api, key_id = connect("attacker")
         with tempfile.TemporaryDirectory(prefix="eg-steal-") as cache:
             attack = StealingAttack(api, loss=self.loss, loss_kwargs=self.loss_kwargs, budget=self.budget,
@@ -336,7 +391,51 @@ class DefenceEvaluation:
             result = attack.extract(self.query_data)
         details = {"coverage": self._coverage_of(chain, key_id), "train_seconds": round(result.train_seconds, 1)}
         return self._score("steal", result.encoder, result.projector, self._reference(chain, key_id), self.budget,
-                           details)
+                           details), [key_id]
+
+    def _split_steal(self, connect: Callable[[str], tuple[EmbeddingAPI, str]],
+                     chain: list[Postprocessor]) -> tuple[AttackOutcome, list[str]]:
+        """The attacker over ``attacker_keys`` keys with ``attack`` (see the module docstring)."""
+        n = self.attacker_keys
+        connected = [connect("attacker" if n == 1 else f"attacker-{i}") for i in range(n)]
+        apis, keys = [api for api, _ in connected], [key_id for _, key_id in connected]
+        pool: torch.Tensor | None = getattr(self.query_data, "images", None)
+        if pool is None:
+            raise ValueError("the attacker over several keys needs image query data")
+        logger.info(f"defend-eval: attacker over {n} keys, attack {self.attack}")
+        if self.attack == "plain":
+            planned = pool[query_order(len(pool), seed=self.seed)[: self.budget]]
+            router = SybilSplitAPI(apis, planned, balanced_split(planned, n, seed=self.seed))
+            with tempfile.TemporaryDirectory(prefix="eg-steal-") as cache:
+                attack = StealingAttack(router, loss=self.loss, loss_kwargs=self.loss_kwargs, budget=self.budget,
+                                        cache_dir=cache, epochs=self.epochs, seed=self.seed, progress=self.progress,
+                                        arch_kwargs=self.copy_arch_kwargs, **self.thief_settings)
+                result = attack.extract(self.query_data)
+            if router.unassigned:
+                logger.warning(f"defend-eval: {router.unassigned} queries had no planned key (routed by hash)")
+            details: dict[str, Any] = {"keys": n, "per_key": self.budget // n, "unassigned": router.unassigned,
+                                       "train_seconds": round(result.train_seconds, 1)}
+            outcome = self._score("steal", result.encoder, result.projector, self._reference(chain, keys[0]),
+                                  self.budget, details)
+            return outcome, keys
+        if self.attack == "average":
+            data = split_average_attack(apis, pool, budget=self.budget, repeats=self.repeats, seed=self.seed)
+        else:
+            anchors = max(1, min(self.anchors, self.budget // (2 * n)))
+            data = procrustes_split_attack(apis, pool, budget=self.budget, anchors=anchors, seed=self.seed)
+        outcome = self._score_data("steal", data, dict(data.details), self._reference(chain, keys[0]))
+        return outcome, keys
+
+    def _mixed_users(self, connect: Callable[[str], tuple[EmbeddingAPI, str]]) -> list[dict[str, Any]]:
+        """Honest users of ``mixed`` class counts on fresh keys, after the attacker."""
+        all_classes = np.unique(self.probe_train.labels.numpy())
+        out = []
+        for i, count in enumerate(self.mixed):
+            rng = np.random.default_rng([self.seed, 20_000 + i])
+            classes = np.sort(rng.choice(all_classes, min(count, len(all_classes)), replace=False))
+            api, _ = connect(f"mixed-{i}")
+            out.append({"classes": int(len(classes)), "utility": self._use(api, *self._user_task(classes, rng))})
+        return out
 
     def _train(self, images: torch.Tensor, targets: torch.Tensor) -> Encoder:
         copy = self._new_copy()
@@ -376,7 +475,9 @@ class DefenceEvaluation:
     def _row_path(self, setting: str) -> Path | None:
         if self.out_dir is None:
             return None
-        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", setting)[:80]
+        if self._split:
+            setting = f"{setting}@{self.attacker_keys}x{self.attack}"
+        slug = re.sub(r"[^A-Za-z0-9_.=@-]+", "_", setting)[:80]
         digest = hashlib.sha256(setting.encode()).hexdigest()[:8]
         return self.out_dir / "rows" / f"{slug}-{digest}.json"
 
@@ -399,6 +500,23 @@ class DefenceEvaluation:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"fingerprint": fingerprint, "row": row.to_dict()}, indent=1, default=_json))
 
+
+def _guard_summary(guard: SybilGuard, dim: int, honest: Sequence[str], attacker: Sequence[str],
+                   broad: str | None) -> dict[str, Any]:
+    """The guard's view of the evaluation's keys: risks, groups (for the row's details)."""
+    state = guard.dashboard_state(dim=dim)
+    keys = state["keys"]
+
+    def risks(ids: Sequence[str]) -> list[float | None]:
+        return [keys[k]["risk"] if k in keys else None for k in ids]
+
+    attacker_groups = {keys[k]["group"] for k in attacker if k in keys and keys[k]["group"]}
+    honest_linked = sum(1 for k in honest if k in keys and keys[k]["group"])
+    return {"honest_risk": risks(honest), "attacker_risk": risks(attacker),
+            "broad_user_risk": risks([broad])[0] if broad else None,
+            "attacker_groups": len(attacker_groups),
+            "attacker_keys_linked": sum(1 for k in attacker if k in keys and keys[k]["group"]),
+            "honest_keys_linked": honest_linked, "groups": len(state["groups"])}
 
 
 def _json(value: Any) -> Any:

@@ -85,6 +85,8 @@ class DefenceRow:
         broad_user_utility: accuracy of the all-classes honest user (``None`` when not measured).
         adaptive: the adaptive attackers' outcomes.
         details: coverage reached by each kind of client (when the chain has a coverage defence), timings.
+        sybils: keys the attacker split its budget over (``1``: a single key).
+        attack: how it used them: ``"plain"``, ``"average"`` or ``"procrustes"``.
     """
 
     defence: str
@@ -96,6 +98,8 @@ class DefenceRow:
     broad_user_utility: float | None
     adaptive: list[AttackOutcome]
     details: dict[str, Any] = field(default_factory=dict)
+    sybils: int = 1
+    attack: str = "plain"
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
