@@ -39,6 +39,11 @@ def test_summary_follows_the_command_contract(demo_run):
             assert v["reason"] or v["warnings"]
     assert summary["stolen"]["queries_paid"] == 100 and summary["stolen"]["ledger_queries"] == 100
     assert summary["server"]["exit_code"] is not None  # the server was stopped
+    # the owner's dashboard ran beside the API: its snapshot shows the thief's key with what the ledger charged
+    snapshot = json.loads((out / "dashboard_state.json").read_text())
+    assert summary["dashboard"]["url"].endswith("/dashboard")
+    assert [k["used"] for k in snapshot["keys"] if k["name"] == "attacker"] == [100]
+    assert oct((out / "admin-token").stat().st_mode & 0o777) == "0o600"
     assert [s["stage"][:3] for s in summary["stages"]] == [f"{i}/7" for i in range(1, 8)]
     assert json.loads((out / "di-config.json").read_text())["copy_check"]["epochs"] == 1
     assert (out / "victim" / "copy-check" / "card.json").is_file()  # the owner's own copy, checked by verify all
@@ -75,6 +80,7 @@ def test_report_is_self_contained(demo_run):
     assert html.count("data:image/png;base64,") >= 3  # quality, dataset-inference scores, watermark
     assert "Dataset inference" in html and "Watermark" in html
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # nothing fetched from a network
+    assert "Owner dashboard" in html and "dashboard_state.json" in html
 
 
 def test_a_server_that_cannot_start_fails_the_demo(demo_run, tmp_path):

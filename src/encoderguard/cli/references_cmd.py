@@ -16,7 +16,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                                    "compare a suspect with them, so a 'stolen' verdict rests on a checked null.")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     b = actions.add_parser("build", help="train K reference encoders on data disjoint from the owner's (resumable)")
-    b.add_argument("--owner", required=True, help="the owner's checkpoint directory")
+    b.add_argument("--owner", required=True,
+                   help="the owner's checkpoint directory, or st:NAME for a pretrained text encoder it serves (then "
+                        "--data names the text dataset; LSA and SimCSE text references are built)")
+    b.add_argument("--data", default=None,
+                   help="text owners: the dataset whose documents outside the query half the references train on "
+                        "(default bbc-news)")
+    b.add_argument("--steps", type=positive_int, default=None,
+                   help="text owners: SimCSE steps per student reference (default 60)")
+    b.add_argument("--sentences", type=positive_int, default=None,
+                   help="text owners: training sentences per reference (default 6000)")
     b.add_argument("--count", type=positive_int, required=True,
                    help="how many references the set should hold (>= 8 recommended; rerun to add more)")
     b.add_argument("--out", required=True, help="the reference-set folder (also registered in OWNER/references.json)")
@@ -50,6 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from encoderguard.verify.references import DEFAULT_SEED, ReferenceSet, build_references
 
+    if args.action == "build" and _text_owner(args.owner):
+        return _build_text(args)
     if args.action == "build":
         refs = build_references(args.owner, args.out, count=args.count,
                                 seed=DEFAULT_SEED if args.seed is None else args.seed, images=args.images,
@@ -68,6 +79,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {"refs": str(refs.folder), "added": entry, "count": len(refs.entries)}
     refs = ReferenceSet.load(args.refs)
     return {"refs": str(refs.folder), "count": len(refs.entries), "references": refs.entries}
+
+
+def _text_owner(owner: str) -> bool:
+    """Whether ``--owner`` is a text model: ``st:NAME`` or a checkpoint directory of a text architecture."""
+    if str(owner).startswith("st:"):
+        return True
+    from pathlib import Path
+
+    if not (Path(owner) / "card.json").is_file():
+        return False
+    from encoderguard.models.checkpoint import read_card
+
+    return read_card(owner).input_shape is None
+
+
+def _build_text(args: argparse.Namespace) -> dict[str, Any]:
+    """``references build`` for a text owner: LSA and SimCSE references (verify/text_references.py)."""
+    from encoderguard.verify.references import DEFAULT_SEED, register_with_owner
+    from encoderguard.verify.text_references import DEFAULT_SENTENCES, DEFAULT_STEPS, build_text_references
+
+    dataset = args.data or "bbc-news"
+    if ":" in dataset and not dataset.startswith(("text:", "jsonl:")):
+        dataset = dataset.split(":", 1)[0]  # the references use the documents outside the query half, any split
+    refs = build_text_references(args.out, count=args.count, dataset=dataset,
+                                 seed=DEFAULT_SEED if args.seed is None else args.seed,
+                                 sentences=args.sentences or DEFAULT_SENTENCES, steps=args.steps or DEFAULT_STEPS,
+                                 owner=str(args.owner), data_dir=args.data_dir, progress=not args.no_progress)
+    registered = not args.no_register and not str(args.owner).startswith("st:")
+    if registered:  # an owner folder keeps a pointer; st:NAME has no folder (verify with --references)
+        register_with_owner(args.owner, refs.folder)
+    return {"refs": str(refs.folder), "count": len(refs.entries), "references": refs.entries,
+            "registered_with_owner": registered, "modality": "text",
+            "seconds": sum(float(e.get("seconds") or 0.0) for e in refs.entries)}
 
 
 def render(result: dict[str, Any]) -> str:

@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--watermark-key", default=None,
                    help="the serving-time watermark's key file (encoderguard watermark keygen): adds the "
                         "output-watermark test to the decision")
+    p.add_argument("--similarity", action="store_true",
+                   help="with --owner st:NAME and --watermark-key: add the calibrated similarity test (does the "
+                        "suspect answer like the owner's model, more than every reference?); it cannot tell a copy of "
+                        "your API from the same public model obtained elsewhere")
     add_data_dir(p)
 
 
@@ -40,7 +44,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = verify_all(args.owner, suspect_api(args), references=args.references, alpha=alpha_of(args),
                         di_config=args.di_config, watermark_queries=args.watermark_queries, data_dir=args.data_dir,
                         align=args.align, align_queries=args.align_queries, copy_check=args.copy_check,
-                        watermark_key=args.watermark_key)
+                        watermark_key=args.watermark_key, similarity=args.similarity)
     result["suspect"] = args.suspect or args.suspect_api
     return result
 

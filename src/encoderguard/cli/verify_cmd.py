@@ -39,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         mp = methods.add_parser(name, help=summary, description=summary)
         # A method that reads everything from its own key file (output-watermark) needs no owner directory.
         mp.add_argument("--owner", required=getattr(module, "OWNER_REQUIRED", True),
-                        help="the owner's checkpoint directory")
+                        help="the owner's checkpoint directory (verify all, output-watermark: or st:NAME, a "
+                             "pretrained text encoder the owner serves)")
         mp.add_argument("--suspect", default=None, help="suspect checkpoint directory, or onnx:PATH")
         mp.add_argument("--suspect-api", default=None, help="suspect embedding API URL")
         mp.add_argument("--suspect-key", default=None, help="API key for --suspect-api")
@@ -62,7 +63,7 @@ def suspect_api(args: argparse.Namespace) -> Any:
         from encoderguard.models import load_any, read_card
 
         # An ONNX suspect with dynamic image dimensions takes the owner's images.
-        owner = getattr(args, "owner", None)
+        owner = _owner_dir(args)
         shape = read_card(owner).input_shape if owner and str(args.suspect).startswith("onnx:") else None
         return LocalAPI(load_any(args.suspect, input_shape=shape), key="suspect")
     if not args.suspect_key:
@@ -70,10 +71,18 @@ def suspect_api(args: argparse.Namespace) -> Any:
     from encoderguard.api import HTTPEmbeddingAPI
     from encoderguard.models import read_card
 
-    # A foreign format that does not describe its model (openai) takes the owner's images.
-    owner = getattr(args, "owner", None)
+    # A foreign format that does not describe its model (openai) takes the owner's images (none for a text owner).
+    owner = _owner_dir(args)
     shape = read_card(owner).input_shape if owner and args.api_format != "encoderguard" else None
     return HTTPEmbeddingAPI(args.suspect_api, args.suspect_key, api_format=args.api_format, input_shape=shape)
+
+
+def _owner_dir(args: argparse.Namespace) -> str | None:
+    """``--owner`` when it names a checkpoint directory (not a card-less model spec such as ``st:NAME``)."""
+    owner = getattr(args, "owner", None)
+    if not owner or str(owner).startswith(("st:", "onnx:")):
+        return None
+    return str(owner)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="map the suspect's (and every reference's) answers into the owner's space before scoring, "
                         "fitted on the key's alignment inputs (default auto)")
     p.add_argument("--data", default=None,
-                   help="data spec of the probe inputs when the key records none (dataset[:split])")
+                   help="data spec of the probe inputs when the key records none (dataset[:split]; images or texts, "
+                        "e.g. bbc-news:query)")
     add_data_dir(p)
 
 
@@ -42,15 +43,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         refs, refs_note = resolve_references(args.owner, None)
     owner = None
     if args.owner and not key.calibrated:
-        from encoderguard.models.checkpoint import load_encoder
+        from encoderguard.models.model_spec import load_any
 
-        owner = load_encoder(args.owner)
+        owner = load_any(args.owner)  # a checkpoint directory, onnx:PATH or st:NAME (a text model)
     images = None
     if args.data:
+        from encoderguard.data.registry import dataset_modality
         from encoderguard.data.splits import SplitSpec, load_split, parse_data_spec
 
         dataset, split = parse_data_spec(args.data, default_split="test")
-        images = load_split(SplitSpec(dataset, split), data_dir=args.data_dir)
+        # a text corpus is small (bbc-news: 834 documents per half); its query and probe splits do not depend on
+        # the training-set size, which a pretrained text owner does not have
+        train_size = 1 if dataset_modality(dataset) == "text" else 10000
+        images = load_split(SplitSpec(dataset, split, 0, train_size), data_dir=args.data_dir)
     verifier = OutputWatermarkVerifier(key, references=refs.references() if refs is not None else (),
                                        alpha=alpha_of(args), align=args.align, owner=owner, images=images,
                                        data_dir=args.data_dir)

@@ -38,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="data spec of the probe inputs, dataset[:split] (default with --encoder: the test part of "
                         "the encoder's dataset, e.g. fashion-mnist:test)")
     k.add_argument("--encoder", default=None,
-                   help="your clean encoder (checkpoint directory): calibrates the key on its answers")
+                   help="your clean encoder: a checkpoint directory, onnx:PATH, or st:NAME for a text model "
+                        "(e.g. st:all-MiniLM-L6-v2 with --data bbc-news:query); calibrates the key on its answers")
     k.add_argument("--probes", type=positive_int, default=1000, help="probe inputs verification sends (default 1000)")
     k.add_argument("--align-probes", type=positive_int, default=2000,
                    help="alignment candidates (default 2000); verification sends those in the watermark's dead zone, "
@@ -51,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _data_spec(text: str | None, card: Any) -> dict[str, Any] | None:
+    from encoderguard.data.registry import dataset_modality
     from encoderguard.data.splits import SplitSpec, parse_data_spec
 
     base = dict(card.data) if card is not None and card.data else {}
@@ -60,8 +62,12 @@ def _data_spec(text: str | None, card: Any) -> dict[str, Any] | None:
         return SplitSpec.from_dict({**base, "split": "test"}).to_dict()
     dataset, split = parse_data_spec(text, default_split="test")
     same = base.get("dataset") == dataset
+    # Without the owner's card the owner's training-set size is unknown. For a text dataset (a pretrained text
+    # encoder holds no split of it) record 1: the query, probe and test splits do not depend on it, and a small
+    # corpus such as bbc-news (834 documents per half) admits no default of 10,000.
+    default_train = 1 if dataset_modality(dataset) == "text" else 10000
     return SplitSpec(dataset, split, int(base["split_seed"]) if same else 0,
-                     int(base["train_size"]) if same else 10000,
+                     int(base["train_size"]) if same else default_train,
                      base.get("heldout_size") if same else None).to_dict()
 
 
@@ -76,15 +82,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"{out} already exists; refusing to replace a watermark key (choose another --out)")
     card = encoder = None
     if args.encoder:
-        from encoderguard.models.checkpoint import load_checkpoint
+        from encoderguard.models.model_spec import ONNX_PREFIX, load_any
+        from encoderguard.models.text_encoders import ST_PREFIX
 
-        checkpoint = load_checkpoint(args.encoder)
-        card, encoder = checkpoint.card, checkpoint.encoder
-        if args.dim is not None and args.dim != card.embed_dim:
-            raise ValueError(f"--dim {args.dim} differs from the encoder's {card.embed_dim}-d answers")
+        if str(args.encoder).startswith((ST_PREFIX, ONNX_PREFIX)):
+            # a pretrained model without a card (e.g. st:all-MiniLM-L6-v2): the probe data comes from --data
+            encoder = load_any(args.encoder)
+        else:
+            from encoderguard.models.checkpoint import load_checkpoint
+
+            checkpoint = load_checkpoint(args.encoder)
+            card, encoder = checkpoint.card, checkpoint.encoder
+        embed_dim = int(encoder.embed_dim)
+        if args.dim is not None and args.dim != embed_dim:
+            raise ValueError(f"--dim {args.dim} differs from the encoder's {embed_dim}-d answers")
     data = _data_spec(args.data, card)
     if encoder is not None and data is None:
-        raise ValueError("--encoder needs --data SPEC: the encoder's card records no dataset")
+        raise ValueError("--encoder needs --data SPEC: the encoder's card records no dataset (a text model: "
+                         "e.g. --data bbc-news:query)")
     key = OutputWatermarkKey.generate(dim=args.dim, data=data, probes=args.probes, align=args.align_probes,
                                       strength=DEFAULT_STRENGTH if args.strength is None else args.strength)
     warnings = []

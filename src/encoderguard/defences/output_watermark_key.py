@@ -117,24 +117,28 @@ class OutputWatermarkKey:
         """This key with the owner's clean answers stored: the centre, the probe and alignment answers.
 
         Args:
-            owner: the owner's clean encoder as an EmbeddingAPI (``.embed``) or ``nn.Module``.
-            pool: the probe pool (an :class:`~encoderguard.data.ImageSet` or a float tensor ``[P, ...]``).
+            owner: the owner's clean encoder as an EmbeddingAPI (``.embed``) or ``nn.Module`` (image or text).
+            pool: the probe pool: an :class:`~encoderguard.data.ImageSet`, a float tensor ``[P, ...]``, a
+                :class:`~encoderguard.data.TextSet` or a list of ``P`` strings.
 
         Raises:
             ValueError: the pool is too small, or the answers' size differs from the key's ``dim``.
         """
+        from encoderguard.modality import batch_len
+
         probe_idx, align_idx = self.draw(len(pool))
-        images = _floats(pool, np.concatenate([probe_idx, align_idx]))
+        inputs = pool_inputs(pool, np.concatenate([probe_idx, align_idx]))
+        n_inputs = batch_len(inputs)
         if hasattr(owner, "embed"):
-            raw = owner.embed(images)
+            raw = owner.embed(inputs)
         else:
             from encoderguard.models.probe import encode
 
-            raw = encode(owner, images)
+            raw = encode(owner, inputs)
         answers = np.asarray(raw.detach().cpu() if isinstance(raw, torch.Tensor) else raw, dtype=np.float64)
-        if answers.ndim != 2 or answers.shape[0] != len(images) or not np.isfinite(answers).all():
+        if answers.ndim != 2 or answers.shape[0] != n_inputs or not np.isfinite(answers).all():
             raise ValueError(f"the owner's encoder answered an array of shape {list(answers.shape)} (or non-finite "
-                             f"values) for {len(images)} inputs")
+                             f"values) for {n_inputs} inputs")
         dim = int(answers.shape[1])
         if self.dim is not None and dim != self.dim:
             raise ValueError(f"the owner's encoder answers {dim}-d vectors but the key is for {self.dim}-d ones")
@@ -286,10 +290,26 @@ def _decode(obj: Any) -> np.ndarray | None:
     return np.frombuffer(buf, dtype="<f4").reshape(shape).astype(np.float32)
 
 
-def _floats(pool: Any, index: np.ndarray) -> torch.Tensor:
-    """Inputs ``index`` of a pool (an ImageSet's ``float(index)`` or rows of a tensor)."""
-    idx = torch.from_numpy(np.asarray(index, dtype=np.int64))
+def pool_inputs(pool: Any, index: np.ndarray) -> torch.Tensor | list[str]:
+    """Inputs ``index`` of a probe pool, as the batch an API is sent (see :mod:`encoderguard.modality`).
+
+    Args:
+        pool: an ImageSet (its ``float(index)``), a TextSet (its ``inputs(index)``), a float tensor ``[P, ...]``
+            (rows) or a list of ``P`` strings.
+        index: positions in the pool.
+
+    Returns:
+        Images ``[n, C, H, W]`` (float32) or a list of ``n`` strings.
+    """
+    from encoderguard.modality import is_text, take
+
+    positions = np.asarray(index, dtype=np.int64)
     if hasattr(pool, "float") and not isinstance(pool, torch.Tensor):
-        out: torch.Tensor = pool.float(idx)
+        out: torch.Tensor = pool.float(torch.from_numpy(positions))
         return out
-    return torch.as_tensor(pool)[idx].float()
+    if hasattr(pool, "inputs") and not isinstance(pool, torch.Tensor):
+        texts: list[str] = pool.inputs(positions)
+        return texts
+    if is_text(pool):
+        return take(list(pool), positions)  # type: ignore[return-value]
+    return torch.as_tensor(pool)[torch.from_numpy(positions)].float()

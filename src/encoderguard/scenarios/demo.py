@@ -170,11 +170,13 @@ def run_demo(out_dir: str | Path, *, settings: DemoSettings | None = None, data_
         stale.unlink(missing_ok=True)
     attacker = _run_json("keys", ["keys", "add", "--keys", str(keys), "--name", "attacker", "--quota",
                                   str(budget)], env=env)
+    admin_token = write_admin_token(out / "admin-token")
     try:
         server = launch_server(victim_dir, keys=keys, ledger=ledger, env=env, log=out / "server.log",
-                               timeout=SERVER_START_TIMEOUT)
+                               timeout=SERVER_START_TIMEOUT, extra=dashboard_flags(out / "admin-token"))
     except ServerStartError as exc:
         raise StageError(f"stage 'serve' failed: {exc}") from None
+    announce_dashboard(server.url, out / "admin-token", on_stage)
     done()
     try:
         done = stage(f"3/7 steal the victim over HTTP ({settings.loss}, {budget} queries)")
@@ -185,6 +187,7 @@ def run_demo(out_dir: str | Path, *, settings: DemoSettings | None = None, data_
             "--epochs", str(settings.steal_epochs),
             "--victim-for-eval", str(victim_dir), "--ledger", str(ledger), "--seed", str(settings.seed + 2),
             "--out", str(stolen_dir)], env=env)
+        summary["dashboard"] = snapshot_dashboard(server.url, admin_token, out / "dashboard_state.json")
         done()
     finally:
         server.stop()
@@ -262,6 +265,47 @@ def run_demo(out_dir: str | Path, *, settings: DemoSettings | None = None, data_
     summary["seconds"] = time.perf_counter() - started
     atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
     return summary
+
+
+def write_admin_token(path: Path) -> str:
+    """A fresh owner token for the dashboard, written ``0600`` (a demo run's own; never reused across runs)."""
+    import secrets
+
+    token = secrets.token_urlsafe(24)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
+
+
+def dashboard_flags(token_file: Path) -> list[str]:
+    """``serve`` flags that turn the owner's dashboard on."""
+    return ["--dashboard", "--admin-token-file", str(token_file)]
+
+
+def announce_dashboard(url: str, token_file: Path, on_stage: Callable[[str], None] | None) -> None:
+    """Say where the owner's dashboard is while the server is up (the token stays in its file)."""
+    (on_stage or logger.info)(f"demo: owner dashboard at {url}/dashboard while the server is up "
+                                 f"(admin token in {token_file})")
+
+
+def snapshot_dashboard(url: str, token: str, path: Path) -> dict[str, Any]:
+    """Save what the dashboard shows now (its JSON state) to ``path``; the report links it.
+
+    Returns:
+        ``{"url", "snapshot"}``, or ``{"url", "error"}`` when the dashboard did not answer (the demo goes on).
+    """
+    import httpx
+
+    try:
+        answer = httpx.get(f"{url}/dashboard/api/state", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        answer.raise_for_status()
+        atomic_write_bytes(path, (json.dumps(answer.json(), indent=2) + "\n").encode())
+    except (httpx.HTTPError, ValueError) as exc:
+        logger.warning("demo: the dashboard's state could not be saved: %s", exc)
+        return {"url": f"{url}/dashboard", "error": str(exc)}
+    return {"url": f"{url}/dashboard", "snapshot": str(path)}
 
 
 def _card_mismatch(card: dict[str, Any], expected: dict[str, Any]) -> list[str]:

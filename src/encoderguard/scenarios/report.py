@@ -142,6 +142,72 @@ def _watermark_figure(summary: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
+def _dashboard_section(summary: dict[str, Any]) -> list[str]:
+    """The owner dashboard's snapshot taken while the demo's server was up: per-key usage and alerts, and a link."""
+    entry = summary.get("dashboard") or {}
+    snapshot = entry.get("snapshot")
+    if not snapshot:
+        return []
+    try:
+        state = json.loads(Path(snapshot).read_text())
+    except (OSError, ValueError):
+        return []
+    rows = ["<h2>Owner dashboard (snapshot after the theft)</h2>",
+            f"<p>Live at {html.escape(str(entry.get('url')))} while the server ran; state saved to "
+            f"<a href='{html.escape(Path(snapshot).name)}'>{html.escape(Path(snapshot).name)}</a>.</p>",
+            "<table><tr><th>key</th><th>name</th><th>inputs charged</th><th>quota</th><th>risk</th></tr>"]
+    for key in state.get("keys", []) if isinstance(state.get("keys"), list) else []:
+        rows.append(f"<tr><td>{_fmt(key.get('key_id'))}</td><td>{_fmt(key.get('name'))}</td>"
+                    f"<td>{_fmt(key.get('used'))}</td><td>{_fmt(key.get('quota'))}</td>"
+                    f"<td>{_fmt(key.get('risk'))}</td></tr>")
+    rows.append("</table>")
+    alerts = state.get("alerts") or []
+    if alerts:
+        rows.append("<ul>" + "".join(f"<li>{html.escape(str(a.get('kind')))}: {html.escape(str(a.get('message')))}"
+                                     "</li>" for a in alerts[:20]) + "</ul>")
+    return rows
+
+
+def _output_watermark_figure(summary: dict[str, Any]) -> str | None:
+    """Each suspect's output-watermark z-score beside the reference models' (the null it is compared with)."""
+    rows = [(v["suspect"], v.get("statistic"), v.get("details") or {}) for v in summary.get("verdicts", [])
+            if v.get("method") == "output-watermark" and isinstance(v.get("statistic"), (int, float))]
+    if not rows:
+        return None
+    refs = {name: z for _, _, d in rows for name, z in (d.get("reference_scores") or {}).items()
+            if isinstance(z, (int, float))}
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    names = [r[0] for r in rows] + list(refs)
+    values = [float(r[1]) for r in rows] + [float(z) for z in refs.values()]
+    colors = ["#c44e52"] * len(rows) + ["#8c8c8c"] * len(refs)
+    ax.bar(range(len(names)), values, color=colors)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    ax.axhline(0.0, color="black", linewidth=0.5)
+    ax.set_ylabel("watermark z-score")
+    ax.set_title("Serving-time watermark: suspects (red) vs independent references (grey)", fontsize=9)
+    return _png(fig)
+
+
+def _retrieval_figure(summary: dict[str, Any]) -> str | None:
+    """Fidelity and retrieval agreement of the stolen copy (text runs)."""
+    stolen = summary.get("stolen") or {}
+    pairs = [(label, stolen.get(key)) for label, key in (("fidelity (cosine)", "fidelity_cosine"),
+                                                         ("retrieval agreement", "retrieval_agreement"),
+                                                         ("gain recovery", "gain_recovery"))]
+    values = [(k, float(v)) for k, v in pairs if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not values:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar([k for k, _ in values], [v for _, v in values], color="#dd8452")
+    ax.set_ylim(min(0.0, min(v for _, v in values)), max(1.0, max(v for _, v in values)))
+    paid = stolen.get("queries_paid")
+    ax.set_title(f"What {paid} paid sentences bought the thief" if paid else "The stolen copy", fontsize=9)
+    return _png(fig)
+
+
 def render_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` from ``run_dir/summary.json``; returns its path."""
     run = Path(run_dir)
@@ -153,7 +219,10 @@ def render_report(run_dir: str | Path) -> Path:
     except json.JSONDecodeError as exc:
         raise EncoderGuardError(f"{summary_path}: not valid JSON ({exc})") from exc
     figures = [("Downstream quality", _probe_figure(summary)), ("Stealing curve", _sweep_figure(run)),
-               ("Dataset inference", _di_figure(summary)), ("Watermark", _watermark_figure(summary))]
+               ("Dataset inference", _di_figure(summary)), ("Watermark", _watermark_figure(summary)),
+               ("The stolen copy", _retrieval_figure(summary)),
+               ("Serving-time watermark", _output_watermark_figure(summary))]
+    text = (summary.get("settings") or {}).get("modality") == "text"
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>encoderguard report</title><style>",
              "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:980px;margin:2em auto;"
              "padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
@@ -164,13 +233,28 @@ def render_report(run_dir: str | Path) -> Path:
              "<h1>encoderguard report</h1>",
              f"<p class='note'>Run directory: {html.escape(str(run))}. Total time "
              f"{_fmt(summary.get('seconds'), 1)} s.</p>"]
+    if text:
+        settings = summary.get("settings") or {}
+        stolen = summary.get("stolen") or {}
+        parts.append(f"<p>Text run: the owner serves {html.escape(str(settings.get('encoder')))} over HTTP (OpenAI "
+                     "format) with the serving-time watermark; a thief pays for "
+                     f"{_fmt(stolen.get('queries_paid'))} sentences ({_fmt(stolen.get('tokens_paid'))} tokens, about "
+                     f"${_fmt(stolen.get('estimated_cost_usd'))}) and trains a "
+                     f"{html.escape(str(settings.get('student')))} student. The decision rests on the serving-time "
+                     "watermark alone, calibrated on independent text references (LSA and SimCSE students): "
+                     "dataset inference and the training-time watermark do not apply to a pretrained encoder the "
+                     "owner did not train. Limit: the references are weaker encoders than MiniLM; no other strong "
+                     "sentence encoder is installable offline.</p>")
     parts.append("<h2>Models</h2><table><tr><th>model</th><th>linear probe</th><th>kNN</th><th>fidelity to victim"
-                 "</th><th>queries paid</th></tr>")
+                 "</th><th>queries paid</th>" + ("<th>retrieval agreement</th><th>tokens paid</th>" if text else "")
+                 + "</tr>")
     for name in SUSPECTS:
         entry = summary.get(name) or {}
+        extra = (f"<td>{_fmt(entry.get('retrieval_agreement'))}</td><td>{_fmt(entry.get('tokens_paid'))}</td>"
+                 if text else "")
         parts.append(f"<tr><td>{name}</td><td>{_fmt(entry.get('linear_acc'))}</td><td>{_fmt(entry.get('knn_acc'))}"
                      f"</td><td>{_fmt(entry.get('fidelity_cosine'))}</td><td>{_fmt(entry.get('queries_paid'))}"
-                     "</td></tr>")
+                     f"</td>{extra}</tr>")
     parts.append("</table>")
     if summary.get("combined"):
         parts.append("<h2>Decisions</h2><p class='note'>One decision per suspect: Holm-Bonferroni over the "
@@ -196,7 +280,7 @@ def render_report(run_dir: str | Path) -> Path:
     parts += [f"<li><b>{k}</b>: {html.escape(m)}.</li>" for k, m in _MEANING.items()]
     parts.append("</ul>")
     warnings = [(v.get("suspect"), v.get("method"), w) for v in summary.get("verdicts", [])
-                for w in v.get("warnings", [])]
+                for w in v.get("warnings") or []]
     if warnings:
         parts.append("<h3>Warnings</h3><ul>")
         parts += [f"<li>{html.escape(str(s))} / {html.escape(str(m))}: {html.escape(str(w))}</li>"
@@ -205,6 +289,7 @@ def render_report(run_dir: str | Path) -> Path:
     for title, uri in figures:
         if uri:
             parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{uri}'>")
+    parts += _dashboard_section(summary)
     parts.append("</body></html>")
     out = run / "report.html"
     atomic_write_bytes(out, "\n".join(parts).encode())

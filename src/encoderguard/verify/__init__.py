@@ -16,12 +16,14 @@ from encoderguard.verify.di_workflow import freeze_di, verify_di
 from encoderguard.verify.output_watermark import OutputWatermarkVerifier
 from encoderguard.verify.ownership import verify_all
 from encoderguard.verify.references import Reference, ReferenceSet, build_references
+from encoderguard.verify.similarity import SimilarityVerifier
+from encoderguard.verify.text_references import build_text_references
 from encoderguard.verify.verdict import Verdict
 from encoderguard.verify.watermark import WatermarkVerifier
 
 __all__ = [
     "CopyCheck", "DITestResult", "DatasetInference", "Decision", "FrozenDIConfig", "MethodResult",
-    "OutputWatermarkVerifier", "Reference", "ReferenceSet", "SelfCheck", "Verdict", "WatermarkVerifier",
-    "build_references", "combine", "freeze_di",
+    "OutputWatermarkVerifier", "Reference", "ReferenceSet", "SelfCheck", "SimilarityVerifier", "Verdict",
+    "WatermarkVerifier", "build_references", "build_text_references", "combine", "freeze_di",
     "min_permutations", "null_encoders", "split_budget", "verify_all", "verify_di",
 ]

@@ -47,8 +47,9 @@ def queries_used(api: Any) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def embed_any(api: Any, images: torch.Tensor) -> Any:
-    """Answers of an EmbeddingAPI (``.embed``) or of an ``nn.Module`` run locally (local experiments)."""
+def embed_any(api: Any, images: torch.Tensor | list[str]) -> Any:
+    """Answers of an EmbeddingAPI (``.embed``) or of an ``nn.Module`` run locally (local experiments), for a batch
+    of images or of texts."""
     if hasattr(api, "embed"):
         return api.embed(images)
     if isinstance(api, torch.nn.Module):

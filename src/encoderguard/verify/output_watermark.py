@@ -42,6 +42,7 @@ from encoderguard.defences.output_watermark import (
 )
 from encoderguard.defences.output_watermark_key import OutputWatermarkKey
 from encoderguard.errors import DataError
+from encoderguard.modality import IMAGE, TEXT, batch_len, concat, is_text, take
 from encoderguard.verify.alignment import ALIGNMENTS, fit_alignment
 from encoderguard.verify.answers import check_answers, embed_any
 from encoderguard.verify.stats import prediction_p_value, rank_p_value
@@ -106,7 +107,8 @@ class OutputWatermarkVerifier:
             :data:`~encoderguard.verify.alignment.ALIGNMENTS`; default ``"auto"``), fitted on the key's alignment
             inputs. Needs the owner's clean answers (stored in a calibrated key, or ``owner``).
         owner: the owner's clean encoder (EmbeddingAPI or ``nn.Module``) when the key stores no clean answers.
-        images: the probe pool (ImageSet or tensor ``[P, ...]``) instead of the key's data spec.
+        images: the probe pool instead of the key's data spec: an ImageSet or tensor ``[P, ...]``, or for a text
+            encoder a TextSet or a list of strings (the watermark reads only answers, so it works for both).
         data_dir: folder of the named datasets.
 
     Raises:
@@ -153,22 +155,23 @@ class OutputWatermarkVerifier:
         cached: dict[str, Any] | None = getattr(self, "_prepared_", None)
         if cached is not None:
             return cached
-        from encoderguard.defences.output_watermark_key import _floats
+        from encoderguard.defences.output_watermark_key import pool_inputs
 
         owner_probe: np.ndarray | None
         owner_align: np.ndarray | None
         pool = self._pool()
         probe_idx, align_idx = self.key.draw(len(pool))
-        probes = _floats(pool, probe_idx)
-        aligners = _floats(pool, align_idx)
+        probes = pool_inputs(pool, probe_idx)
+        aligners = pool_inputs(pool, align_idx)
+        n_probe = batch_len(probes)
         if self.key.calibrated:
             owner_probe = np.asarray(self.key.owner_probe, dtype=np.float64)
             owner_align = np.asarray(self.key.owner_align, dtype=np.float64)
             owner_from = "the key's stored clean answers"
         elif self.owner is not None:
-            both = torch.cat([probes, aligners])
-            clean = check_answers(embed_any(self.owner, both), len(both), who="the owner's encoder")
-            owner_probe, owner_align = clean[: len(probes)], clean[len(probes):]
+            both = concat([probes, aligners])
+            clean = check_answers(embed_any(self.owner, both), batch_len(both), who="the owner's encoder")
+            owner_probe, owner_align = clean[:n_probe], clean[n_probe:]
             owner_from = "the owner's encoder"
         else:
             owner_probe = owner_align = None
@@ -179,7 +182,7 @@ class OutputWatermarkVerifier:
                              f"is for {dim}-d ones")
         center = None if self.key.center is None else self.key.center.astype(np.float64)
         if owner_align is None or self.align == "none":
-            aligners, owner_align = aligners[:0], None
+            aligners, owner_align = take(aligners, slice(0, 0)), None
         else:
             # Fit the map only on inputs inside the dead zone, where the watermark did not move the owner's answers:
             # there marked and clean answers agree, so the map can neither learn to remove the shift from a copy nor
@@ -187,12 +190,17 @@ class OutputWatermarkVerifier:
             dim_a = int(owner_align.shape[1])
             keep = np.flatnonzero(in_dead_zone(owner_align, self.key.directions(dim_a), center,
                                                self.key.spread_for(dim_a)))
-            aligners, owner_align = aligners[torch.from_numpy(keep)], owner_align[keep]
-        batch = torch.cat([probes, aligners])
-        order = torch.randperm(len(batch), generator=torch.Generator().manual_seed(self.key.seed("order") % 2**63))
+            aligners, owner_align = take(aligners, keep), owner_align[keep]
+        batch = concat([probes, aligners])
+        order = torch.randperm(batch_len(batch),
+                               generator=torch.Generator().manual_seed(self.key.seed("order") % 2**63))
         served_align = None if owner_align is None else OutputWatermark(key=self.key).mark(owner_align)
-        self._prepared_ = {"served_align": served_align, "batch": batch[order], "order": order, "n_probe": len(probes),
-                           "input_shape": tuple(int(v) for v in probes.shape[1:]), "owner_probe": owner_probe,
+        text = is_text(probes)
+        self._prepared_ = {"served_align": served_align, "batch": take(batch, order), "order": order,
+                           "n_probe": n_probe, "modality": TEXT if text else IMAGE,
+                           "input_shape": None if isinstance(probes, list) else tuple(int(v) for v in
+                                                                                      probes.shape[1:]),
+                           "owner_probe": owner_probe,
                            "owner_align": owner_align, "owner_from": owner_from, "dim": dim, "center": center}
         return self._prepared_
 
@@ -234,7 +242,7 @@ class OutputWatermarkVerifier:
     def _read(self, api: EmbeddingAPI, who: str) -> dict[str, Any]:
         prep = self._prepared()
         before = int(getattr(api, "queries_used", 0) or 0)
-        answers = check_answers(embed_any(api, prep["batch"]), len(prep["batch"]), who=who)
+        answers = check_answers(embed_any(api, prep["batch"]), batch_len(prep["batch"]), who=who)
         queries = int(getattr(api, "queries_used", 0) or 0) - before
         unshuffled = np.empty_like(answers)
         unshuffled[prep["order"].numpy()] = answers
@@ -245,8 +253,14 @@ class OutputWatermarkVerifier:
 
     def _incompatible(self, api: EmbeddingAPI) -> str:
         prep = self._prepared()
-        shape = tuple(int(v) for v in getattr(api, "input_shape", prep["input_shape"]))
-        if shape != prep["input_shape"]:
+        raw_shape = getattr(api, "input_shape", prep["input_shape"])
+        shape = None if raw_shape is None else tuple(int(v) for v in raw_shape)
+        if prep["modality"] == TEXT:
+            if shape is not None or getattr(api, "modality", TEXT) != TEXT:
+                return "it takes images, the watermark's probe inputs are texts"
+        elif shape is None:
+            return f"it takes texts, the watermark's probe inputs are images of shape {prep['input_shape']}"
+        elif shape != prep["input_shape"]:
             return f"it takes inputs of shape {shape}, the watermark's probe inputs are {prep['input_shape']}"
         dim = getattr(api, "dim", None)
         if prep["dim"] is not None and dim is not None and int(dim) != prep["dim"] and self.align in (

@@ -27,6 +27,91 @@ logger = logging.getLogger(__name__)
 DI_CONFIG_FILE = "di-config.json"
 COPY_CHECK_DIR = "copy-check"
 DEFAULT_WATERMARK_QUERIES = 2000
+#: Why dataset inference does not apply to a text owner (docs/verification.md, "Text owners").
+TEXT_DI_REASON = ("dataset inference needs the owner's training data, and the owner of a pretrained text encoder it "
+                  "serves (e.g. st:all-MiniLM-L6-v2) does not hold that encoder's training data; the test is "
+                  "implemented for image encoders trained by the owner")
+PRETRAINED_WATERMARK_REASON = ("a pretrained encoder carries no training-time watermark (the owner did not train it); "
+                               "use the serving-time watermark (--watermark-key)")
+_MODEL_SPEC_PREFIXES = ("st:", "onnx:")
+
+
+def is_model_spec(owner: Any) -> bool:
+    """Whether ``--owner`` names a model without an owner folder (``st:NAME``, ``onnx:PATH``)."""
+    return isinstance(owner, (str, os.PathLike)) and str(owner).startswith(_MODEL_SPEC_PREFIXES)
+
+
+def _verify_pretrained(spec: str, suspect: EmbeddingAPI, *,
+                       references: str | os.PathLike[str] | ReferenceSet | None, alpha: float, align: str,
+                       copy_check: str | os.PathLike[str] | None, watermark_key: Any,
+                       data_dir: str | None, similarity: bool = False) -> dict[str, Any]:
+    """``verify all`` for an owner given as a model spec (``st:NAME``): a pretrained encoder it serves.
+
+    Such an owner holds neither the encoder's training data (dataset inference does not apply) nor a training-time
+    watermark; the serving-time watermark (``watermark_key``) is the test, calibrated on the references given.
+    """
+    warnings: list[str] = []
+    if isinstance(references, ReferenceSet):
+        refs, refs_note = references, f"references from {references.folder}"
+    elif references is not None:
+        refs, refs_note = ReferenceSet.load(references), f"references from {references} (--references)"
+    else:
+        refs, refs_note = None, (f"no reference set: an owner given as {spec} has no folder to register one in; give "
+                                 "--references DIR (encoderguard references build --owner st:NAME --data DATASET "
+                                 "--count K --out DIR); the output-watermark test is uncalibrated and cannot answer "
+                                 "'stolen'")
+        warnings.append(refs_note)
+    if refs is not None and refs.manifest.get("owner") not in (None, spec):
+        warnings.append(f"the reference set {refs.folder} was built for {refs.manifest.get('owner')}, not {spec}")
+    if copy_check is not None:
+        warnings.append("--copy-check ignored: no test of a pretrained owner is gated by a copy of the clean model "
+                        "(the output watermark is carried only by copies of the watermarked answers)")
+    ref_list = refs.references() if refs is not None else []
+    methods = [MethodResult.not_applicable("watermark", PRETRAINED_WATERMARK_REASON),
+               MethodResult.not_applicable("di", TEXT_DI_REASON if spec.startswith("st:") else
+                                           "dataset inference needs the owner's training data, which the owner of "
+                                           f"{spec} (a model without a card) does not record")]
+    if watermark_key is None:
+        methods.append(MethodResult.not_applicable(
+            "output-watermark", "no serving-time watermark key (--watermark-key): the only test that applies to a "
+                                "pretrained encoder"))
+    else:
+        from encoderguard.defences.output_watermark_key import OutputWatermarkKey
+        from encoderguard.verify.output_watermark import OutputWatermarkVerifier
+
+        key = watermark_key if isinstance(watermark_key, OutputWatermarkKey) else OutputWatermarkKey.load(watermark_key)
+        owner_encoder = None
+        if not key.calibrated:  # a calibrated key stores the owner's clean answers: the model is not loaded
+            from encoderguard.models.model_spec import load_any
+
+            owner_encoder = load_any(spec)
+        verifier = OutputWatermarkVerifier(key, references=ref_list, alpha=alpha, align=align,
+                                           owner=owner_encoder, data_dir=data_dir)
+        try:
+            logger.info("verify all: output-watermark test on the suspect")
+            methods.append(MethodResult.from_verdict(verifier.verify(suspect)))
+        except ValueError as exc:  # the suspect takes other inputs
+            methods.append(MethodResult.not_applicable("output-watermark", str(exc)))
+        if similarity:
+            from encoderguard.verify.similarity import SimilarityVerifier
+
+            try:
+                logger.info("verify all: similarity test on the suspect")
+                # the same batch as the watermark test: the suspect answers it once more (queries counted)
+                methods.append(MethodResult.from_verdict(
+                    SimilarityVerifier(verifier, references=ref_list, alpha=alpha).verify(suspect)))
+            except ValueError as exc:
+                methods.append(MethodResult.not_applicable("similarity", str(exc)))
+    decision: Decision = combine(methods, alpha=alpha)
+    out = decision.to_dict()
+    out["references"] = {"source": refs_note, "count": len(ref_list),
+                         "folder": None if refs is None else str(refs.folder)}
+    out["alignment"] = {"kind": "none", "queries": 0, "fit_r2": None}
+    out["queries_used"] = sum(int((m.details or {}).get("queries_used") or 0) for m in methods)
+    out["copy_check"] = None
+    out["owner"] = spec
+    out["warnings"] = warnings
+    return out
 
 
 def resolve_references(owner_dir: str | os.PathLike[str], references: str | os.PathLike[str] | ReferenceSet | None
@@ -49,7 +134,7 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
                di_config: str | os.PathLike[str] | None = None, watermark_queries: int = DEFAULT_WATERMARK_QUERIES,
                data_dir: str | None = None, align: str = "auto", align_queries: int = 1000,
                copy_check: str | os.PathLike[str] | None = None,
-               watermark_key: str | os.PathLike[str] | Any = None) -> dict[str, Any]:
+               watermark_key: str | os.PathLike[str] | Any = None, similarity: bool = False) -> dict[str, Any]:
     """Run every applicable ownership test on ``suspect`` and combine them.
 
     Args:
@@ -76,6 +161,10 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
             :class:`~encoderguard.defences.OutputWatermarkKey`): adds the ``output-watermark`` test to the family.
             The owner's own copy check does not apply to it (that copy was stolen from the clean model, not through
             the watermarked API), so it is never gated by it.
+        similarity: with an owner given as ``st:NAME`` and a calibrated ``watermark_key``, add the calibrated
+            similarity test (:mod:`encoderguard.verify.similarity`) to the family: it shows that the suspect answers
+            like the owner's model, not that it was copied from the API (a public encoder obtained elsewhere scores
+            alike).
 
     Returns:
         :meth:`Decision.to_dict` plus ``"references"`` (where the null came from and how many models),
@@ -87,6 +176,13 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
     """
     if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    if is_model_spec(owner_dir):
+        return _verify_pretrained(str(owner_dir), suspect, references=references, alpha=alpha, align=align,
+                                  copy_check=copy_check, watermark_key=watermark_key, data_dir=data_dir,
+                                  similarity=similarity)
+    if similarity:
+        raise ValueError("--similarity is for an owner given as a model spec (st:NAME) with --watermark-key: an owner "
+                         "folder has its own tests (dataset inference, the watermark)")
     owner = load_checkpoint(owner_dir)
     refs, refs_note = resolve_references(owner_dir, references)
     warnings: list[str] = [] if refs is not None else [refs_note]
@@ -97,7 +193,10 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
     config = None
     prepared_di: Any = None
     di_error = ""
-    if data and data.get("split", "owner-train") == "owner-train":
+    text_owner = owner.card.input_shape is None
+    if text_owner:
+        di_error = TEXT_DI_REASON
+    elif data and data.get("split", "owner-train") == "owner-train":
         from encoderguard.verify.di_config import FrozenDIConfig
         from encoderguard.verify.di_workflow import prepare_di
 
@@ -112,7 +211,10 @@ def verify_all(owner_dir: str | os.PathLike[str], suspect: EmbeddingAPI, *,
         di_error = "dataset inference needs the owner's training data: the owner's card records no owner-train split"
     verifier: Any = None
     verifier_error = ""
-    if owner.watermark_head is None or not owner.card.watermark:
+    if text_owner and (owner.watermark_head is None or not owner.card.watermark):
+        verifier_error = ("the owner's text model carries no training-time watermark (the training-time watermark "
+                          "is implemented for image encoders); use the serving-time watermark (--watermark-key)")
+    elif owner.watermark_head is None or not owner.card.watermark:
         verifier_error = "the owner's model carries no training-time watermark (train it with --watermark)"
     else:
         from encoderguard.verify.watermark import WatermarkVerifier

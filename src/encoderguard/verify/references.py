@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from encoderguard.api.protocol import EmbeddingAPI
+from encoderguard.data.data_set import images_only
 from encoderguard.data.image_set import ImageSet
 from encoderguard.data.splits import SplitSpec, owner_spec, owner_split
 from encoderguard.errors import DataError
@@ -117,7 +118,7 @@ class ReferenceSet:
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
             raise DataError(f"{manifest_path}: not an encoderguard reference manifest")
         entries = manifest.get("references")
-        kinds = ("checkpoint", "onnx", "api")
+        kinds = ("checkpoint", "onnx", "api", "lsa")
         if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
                                                     and e.get("kind") in kinds for e in entries):
             raise DataError(f"{manifest_path}: malformed \"references\" list (each entry needs a name and a kind)")
@@ -158,7 +159,7 @@ class ReferenceSet:
             entry = {"name": _check_name(name), "kind": "onnx",
                      "path": str(Path(str(path)[len(ONNX_PREFIX):]).resolve()),
                      "recipe": str(info.pop("recipe", "registered")), "arch": "onnx", "embed_dim": model.embed_dim,
-                     "input_shape": list(model.input_shape), "data": None, **info}
+                     "input_shape": list(model.input_shape or ()), "data": None, **info}
             self._add(entry)
             return entry
         card = load_checkpoint(path).card
@@ -197,6 +198,13 @@ class ReferenceSet:
                 folder = folder if folder.is_absolute() else self.folder / folder
                 encoder = load_checkpoint(folder).encoder
                 out.append(Reference(entry["name"], LocalAPI(encoder, key=f"reference:{entry['name']}"), entry))
+            elif entry["kind"] == "lsa":  # a text reference (verify/text_references.py)
+                from encoderguard.models.lsa_encoder import LSAEncoder
+
+                folder = Path(entry["path"])
+                folder = folder if folder.is_absolute() else self.folder / folder
+                lsa = LSAEncoder.load(folder)
+                out.append(Reference(entry["name"], LocalAPI(lsa, key=f"reference:{entry['name']}"), entry))
             elif entry["kind"] == "onnx":
                 folder = Path(entry["path"])
                 folder = folder if folder.is_absolute() else self.folder / folder
@@ -311,7 +319,8 @@ def reference_pool(owner_card: ModelCard, *, data_dir: str | None = None) -> tup
     if not owner_card.data:
         raise DataError("the owner's card records no data split: references must train on data disjoint from the "
                         "owner's; register independent models with 'encoderguard references add' instead")
-    return owner_split(owner_card, "query", data_dir=data_dir), owner_spec(owner_card).with_split("query")
+    pool = images_only(owner_split(owner_card, "query", data_dir=data_dir), purpose="training image references")
+    return pool, owner_spec(owner_card).with_split("query")
 
 
 def train_reference(plan: ReferencePlan, pool: ImageSet, spec: SplitSpec, out_dir: str | os.PathLike[str], *,

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from encoderguard.api.protocol import EmbeddingAPI
+from encoderguard.data.data_set import images_only
 from encoderguard.data.image_set import ImageSet
 from encoderguard.data.splits import load_split, owner_spec, owner_split
 from encoderguard.errors import CheckpointError, DataError
@@ -208,7 +209,7 @@ class WatermarkVerifier:
                 verification split.
         """
         pool, source = self._pool()
-        c, h, w = self.card.input_shape
+        c, h, w = self.card.input_shape or (0, 0, 0)
         if pool.input_shape != (c, h, w):
             raise DataError(f"verification images are {pool.input_shape} but the owner takes {(c, h, w)}")
         n = min(self.n_verify, len(pool) // 2 * 2)
@@ -239,7 +240,9 @@ class WatermarkVerifier:
         if spec.split not in _DISJOINT_TRAINING_SPLITS:
             raise DataError(f"{self.source}: the owner was trained on {spec.dataset}:{spec.split}, which overlaps "
                             f"{VERIFY_SPLIT}; pass verification images the watermark head never saw (images=)")
-        return load_split(spec.with_split(VERIFY_SPLIT), data_dir=self.data_dir), f"{spec.dataset}:{VERIFY_SPLIT}"
+        pool = images_only(load_split(spec.with_split(VERIFY_SPLIT), data_dir=self.data_dir),
+                           purpose="the training-time watermark")
+        return pool, f"{spec.dataset}:{VERIFY_SPLIT}"
 
     def _alignment_pool(self) -> torch.Tensor:
         """Images that fit the alignment maps: not secret (default: the owner's ``query`` split)."""
@@ -249,8 +252,9 @@ class WatermarkVerifier:
             if not self.card.data:
                 raise DataError(f"{self.source}: the card records no data split, so there is no query split to "
                                 "align with; pass align_images=")
-            pool = owner_split(self.card, "query", data_dir=self.data_dir)
-        if pool.input_shape != tuple(self.card.input_shape):
+            pool = images_only(owner_split(self.card, "query", data_dir=self.data_dir),
+                               purpose="the training-time watermark")
+        if pool.input_shape != tuple(self.card.input_shape or ()):
             raise DataError(f"alignment images are {pool.input_shape} but the owner takes {self.card.input_shape}")
         a = min(self.align_queries, len(pool))
         chosen = torch.randperm(len(pool), generator=torch.Generator().manual_seed(self.seeds.order + 1))[:a]
@@ -461,9 +465,9 @@ class WatermarkVerifier:
 
 def _incompatible(api: EmbeddingAPI, card: ModelCard, *, align: str = "none") -> str:
     """Why the owner's head cannot read ``api``'s answers, after an ``align`` map ('' when it can)."""
-    shape = tuple(int(v) for v in api.input_shape)
-    if shape != tuple(card.input_shape):
-        return f"it takes images of shape {shape}, the owner's watermark inputs are {tuple(card.input_shape)}"
+    shape = tuple(int(v) for v in api.input_shape or ())
+    if shape != tuple(card.input_shape or ()):
+        return f"it takes images of shape {shape}, the owner's watermark inputs are {tuple(card.input_shape or ())}"
     if align in ("auto", "linear") or (align == "permutation" and int(api.dim) >= card.embed_dim):
         return ""
     if int(api.dim) != card.embed_dim:
