@@ -81,6 +81,19 @@ def _as_texts(texts: Sequence[str] | str, cls_name: str) -> list[str]:
     return list(texts)
 
 
+
+def word_pieces(word: str, buckets: int, min_n: int, max_n: int, cache: dict[str, list[int]]) -> list[int]:
+    """The hashed feature ids of one word: its word id, then its character ``min_n..max_n``-grams (memoised in
+    ``cache``, which is emptied when it reaches its size bound)."""
+    ids = cache.get(word)
+    if ids is None:
+        ids = [hash_bucket(word, _SALT_WORD, buckets)]
+        ids += [hash_bucket(g, _SALT_CHAR, buckets) for g in char_ngrams(word, min_n, max_n)]
+        if len(cache) >= _CACHE_WORDS:
+            cache.clear()
+        cache[word] = ids
+    return ids
+
 class HashedNgramEncoder(TextEncoder):
     """Hashed word 1-2-grams and character n-grams -> mean embedding -> MLP -> ``[N, D]`` (``text-ngram``).
 
@@ -121,14 +134,7 @@ class HashedNgramEncoder(TextEncoder):
         self._word_cache: dict[str, list[int]] = {}
 
     def _word_features(self, word: str) -> list[int]:
-        ids = self._word_cache.get(word)
-        if ids is None:
-            ids = [hash_bucket(word, _SALT_WORD, self.buckets)]
-            ids += [hash_bucket(g, _SALT_CHAR, self.buckets) for g in char_ngrams(word, self.min_n, self.max_n)]
-            if len(self._word_cache) >= _CACHE_WORDS:
-                self._word_cache.clear()
-            self._word_cache[word] = ids
-        return ids
+        return word_pieces(word, self.buckets, self.min_n, self.max_n, self._word_cache)
 
     def features(self, text: str) -> list[int]:
         """The hashed feature ids of one text (word unigrams with their character n-grams, then word bigrams)."""
@@ -223,14 +229,7 @@ class HashedTransformerEncoder(TextEncoder):
 
     def token_pieces(self, word: str) -> list[int]:
         """The hashed ids whose mean embeds one word: its word id, then its character n-grams."""
-        ids = self._word_cache.get(word)
-        if ids is None:
-            ids = [hash_bucket(word, _SALT_WORD, self.buckets)]
-            ids += [hash_bucket(g, _SALT_CHAR, self.buckets) for g in char_ngrams(word, self.min_n, self.max_n)]
-            if len(self._word_cache) >= _CACHE_WORDS:
-                self._word_cache.clear()
-            self._word_cache[word] = ids
-        return ids
+        return word_pieces(word, self.buckets, self.min_n, self.max_n, self._word_cache)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
         """The words each text is read as (truncated to ``max_tokens``; an empty text reads as one placeholder)."""

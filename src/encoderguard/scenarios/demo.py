@@ -112,6 +112,26 @@ def _run_json(stage: str, args: list[str], *, env: dict[str, str]) -> dict[str, 
     return result
 
 
+def run_environment(data_dir: str | None) -> dict[str, str]:
+    """The environment every stage's command runs in: this process's, with ``--data-dir`` passed on."""
+    env = dict(os.environ)
+    if data_dir:
+        env["ENCODERGUARD_DATA_DIR"] = str(data_dir)
+    return env
+
+
+def stage_clock(stages: list[dict[str, Any]],
+                on_stage: Callable[[str], None] | None) -> Callable[[str], Callable[[], None]]:
+    """``stage(name)`` announces a stage and returns ``done()``, which appends ``{"stage", "seconds"}`` to
+    ``stages``."""
+    def stage(name: str) -> Callable[[], None]:
+        (on_stage or logger.info)(f"demo: {name}")
+        t0 = time.perf_counter()
+        return lambda: stages.append({"stage": name, "seconds": time.perf_counter() - t0})
+
+    return stage
+
+
 def _verdict_rows(suspect: str, decision: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per method of a ``verify all`` decision (the demo's ``verdicts`` contract)."""
     keep = ("method", "verdict", "p_value", "statistic", "effect", "n", "queries_used", "warnings", "calibrated",
@@ -134,17 +154,11 @@ def run_demo(out_dir: str | Path, *, settings: DemoSettings | None = None, data_
     settings = settings or DemoSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    if data_dir:
-        env["ENCODERGUARD_DATA_DIR"] = str(data_dir)
+    env = run_environment(data_dir)
     started = time.perf_counter()
     stages: list[dict[str, Any]] = []
     summary: dict[str, Any] = {"settings": asdict(settings), "stages": stages}
-
-    def stage(name: str) -> Callable[[], None]:
-        (on_stage or logger.info)(f"demo: {name}")
-        t0 = time.perf_counter()
-        return lambda: stages.append({"stage": name, "seconds": time.perf_counter() - t0})
+    stage = stage_clock(stages, on_stage)
 
     victim_dir, stolen_dir, indep_dir = out / "victim", out / "stolen", out / "independent"
     refs_dir = out / "references"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -25,7 +24,14 @@ from typing import Any
 from encoderguard.api.launcher import ServerStartError, launch_server
 from encoderguard.errors import EncoderGuardError
 from encoderguard.models.checkpoint import atomic_write_bytes
-from encoderguard.scenarios.demo import SERVER_START_TIMEOUT, StageError, _run_json, _verdict_rows
+from encoderguard.scenarios.demo import (
+    SERVER_START_TIMEOUT,
+    StageError,
+    _run_json,
+    _verdict_rows,
+    run_environment,
+    stage_clock,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,17 +115,11 @@ def run_text_demo(out_dir: str | Path, *, settings: TextDemoSettings | None = No
     settings = settings or TextDemoSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    if data_dir:
-        env["ENCODERGUARD_DATA_DIR"] = str(data_dir)
+    env = run_environment(data_dir)
     started = time.perf_counter()
     stages: list[dict[str, Any]] = []
     summary: dict[str, Any] = {"settings": {"modality": "text", **asdict(settings)}, "stages": stages}
-
-    def stage(name: str) -> Callable[[], None]:
-        (on_stage or logger.info)(f"demo: {name}")
-        t0 = time.perf_counter()
-        return lambda: stages.append({"stage": name, "seconds": time.perf_counter() - t0})
+    stage = stage_clock(stages, on_stage)
 
     key_file, refs_dir, indep_pool = out / "watermark.key", out / "references", out / "independent"
     stolen_dir = out / "stolen"
