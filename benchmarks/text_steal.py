@@ -11,7 +11,7 @@ whose row exists, so an interrupted ladder resumes.
 Budgets run in increasing order and all runs of one seed share one query cache (``WORK/cache-s{seed}``): the
 first answers of a larger budget are the answers of a smaller one, so the ladder pays the victim for its largest
 budget once, not for the sum of its budgets; every row still reports the tokens *its* copy needed. The owner-side
-evaluation embeds the probe documents with the victim; those features are kept in ``WORK/victim_probe.pt`` so
+evaluation embeds the probe documents with the victim; those features are kept in ``WORK/victim_probe.safetensors`` so
 that each run does not recompute them (the victim is deterministic).
 
     nice -n 10 .venv/bin/python benchmarks/text_steal.py --tune        # settings, on seed 1 only
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from encoderguard.attacks.steal_run import Victim, resolve_victim, steal_to_dir
@@ -85,7 +86,8 @@ class MemoVictim(nn.Module):
         self.encoder = encoder
         self.embed_dim = int(encoder.embed_dim)  # type: ignore[arg-type]
         self.path = path
-        self.table: dict[str, torch.Tensor] = torch.load(path) if path.exists() else {}
+        # safetensors, not pickle: a file in runs/ is read back without running code
+        self.table: dict[str, torch.Tensor] = dict(load_file(path)) if path.exists() else {}
 
     @staticmethod
     def _key(text: str) -> str:
@@ -106,14 +108,14 @@ class MemoVictim(nn.Module):
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        torch.save(self.table, tmp)
+        save_file({k: v.contiguous() for k, v in self.table.items()}, tmp)
         os.replace(tmp, self.path)
 
 
 def _victim(args: argparse.Namespace) -> Victim:
     base = resolve_victim(checkpoint=args.victim)
     assert base.encoder is not None
-    memo = MemoVictim(base.encoder, Path(args.work) / "victim_probe.pt")
+    memo = MemoVictim(base.encoder, Path(args.work) / "victim_probe.safetensors")
     return Victim(base.api, base.victim_id, memo, None, in_process=True)  # type: ignore[arg-type]
 
 

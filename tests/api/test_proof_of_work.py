@@ -10,11 +10,11 @@ import pytest
 import torch
 from api_helpers import Served, bearer, images, raw_body
 
+from encoderguard.api.pow_solver import PowSolver
 from encoderguard.api.proof_of_work import (
     CHALLENGE_HEADER,
     SOLUTION_HEADER,
     Challenge,
-    PowSolver,
     ProofOfWork,
     check_solution,
     difficulty_bits,

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from encoderguard.api.input_validation import validate_inputs
-from encoderguard.api.proof_of_work import CHALLENGE_HEADER, POW_REQUIRED, PowSolver
+from encoderguard.api.pow_solver import PowSolver
+from encoderguard.api.proof_of_work import CHALLENGE_HEADER, POW_REQUIRED
 from encoderguard.api.wire_format import decode_embeddings, encode_array, is_uint8_exact
 from encoderguard.errors import APIError
 from encoderguard.modality import IMAGE, TEXT, validate_texts
@@ -145,7 +146,7 @@ class HTTPEmbeddingAPI:
         self._sleep: Callable[[float], None] = time.sleep
         self.idempotency_keys = bool(idempotency_keys)
         self._sent: OrderedDict[str, int] = OrderedDict()  # body digest -> times sent (bounded, oldest dropped)
-        self._pow = PowSolver()  # solves a server's proof-of-work challenges (api/proof_of_work.py)
+        self._pow = PowSolver()  # solves a server's proof-of-work challenges (api/pow_solver.py)
 
     # -- EmbeddingAPI ----------------------------------------------------------------------------------------
     @property

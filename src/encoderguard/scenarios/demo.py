@@ -268,12 +268,18 @@ def run_demo(out_dir: str | Path, *, settings: DemoSettings | None = None, data_
     summary["all_decisions_right"] = not summary["wrong_decisions"]
     summary["all_verdicts_right"] = all(v["verdict"] == summary["expected"][v["suspect"]] for v in verdicts)
     summary["decisions"] = by
+    return finish_run(out, summary, started, done)
+
+
+def finish_run(out: Path, summary: dict[str, Any], started: float, done: Callable[[], None]) -> dict[str, Any]:
+    """Write ``summary.json``, render ``report.html`` from it (the verdicts stand without matplotlib, with
+    ``report_error`` saying why), close the last stage and write the summary again with the total time."""
     atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
     try:
         from encoderguard.scenarios.report import render_report
 
         summary["report"] = str(render_report(out))
-    except EncoderGuardError as exc:  # the report needs matplotlib; the verdicts stand without it
+    except EncoderGuardError as exc:  # the report needs matplotlib; the decisions stand without it
         summary["report_error"] = str(exc)
     done()
     summary["seconds"] = time.perf_counter() - started

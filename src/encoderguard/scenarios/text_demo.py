@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from encoderguard.api.launcher import ServerStartError, launch_server
-from encoderguard.errors import EncoderGuardError
 from encoderguard.models.checkpoint import atomic_write_bytes
 from encoderguard.scenarios.demo import (
     SERVER_START_TIMEOUT,
     StageError,
     _run_json,
     _verdict_rows,
+    finish_run,
     run_environment,
     stage_clock,
 )
@@ -223,17 +223,7 @@ def run_text_demo(out_dir: str | Path, *, settings: TextDemoSettings | None = No
     summary["all_decisions_right"] = not summary["wrong_decisions"]
     summary["all_verdicts_right"] = not summary["wrong_verdicts"]
     summary["seconds"] = time.perf_counter() - started
-    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
-    try:
-        from encoderguard.scenarios.report import render_report
-
-        summary["report"] = str(render_report(out))
-    except EncoderGuardError as exc:  # the report needs matplotlib; the decisions stand without it
-        summary["report_error"] = str(exc)
-    done()
-    summary["seconds"] = time.perf_counter() - started
-    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
-    return summary
+    return finish_run(out, summary, started, done)
 
 
 #: The settings each reusable artifact of a run depends on (anything else may change between runs).
